@@ -1,0 +1,177 @@
+"""clip_search settings, read from ``settings.CLIP_SEARCH`` the way DRF reads ``REST_FRAMEWORK``.
+
+Values are looked up lazily on every attribute access through one object, ``clip_settings``,
+so ``override_settings(CLIP_SEARCH=...)`` works in tests: nothing copies a setting at import.
+Validation raises ``ImproperlyConfigured`` naming the bad key; ``checks.py`` turns that into
+a system check error so a typo is reported by ``manage.py check``, not by an import.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Encoder: any open_clip model name (or a config registered with encoders.register_config)
+    # and an open_clip pretrained tag, a local checkpoint path, or "hf-hub:org/name".
+    "MODEL": "ViT-B-32",
+    "PRETRAINED": "laion2b_s34b_b79k",
+    "DEVICE": "cpu",
+    "PRECISION": "fp32",  # fp32 | bf16
+    "THREADS": None,  # torch intra-op threads; None leaves torch's default
+    "TEXT_ENCODER": {
+        "BACKEND": "torch",  # torch | onnx
+        "QUANTIZE": False,  # int8 dynamic quantisation of the text tower (torch backend)
+        "CACHE_SIZE": 2048,  # LRU entries of query embeddings per process
+    },
+    "IMAGE": {
+        "MAX_BYTES": 20 * 1024 * 1024,
+        "MAX_PIXELS": 50_000_000,
+        "FORMATS": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "MPO"],
+    },
+    "BATCH_SIZE": 32,
+    # Celery
+    "QUEUE": "clip_search",
+    "SIGNAL_PROCESSOR": "clip_search.signals.OnCommitSignalProcessor",
+    "MAX_RETRIES": 5,
+    # Storage / index
+    "HNSW": {"M": 16, "EF_CONSTRUCTION": 64},
+    # Search
+    "SEARCH": {
+        "RRF_K": 60,
+        "DEPTH": {"vector": 200, "fulltext": 200, "keyword": 200},
+        "WEIGHTS": {"vector": 1.0, "fulltext": 1.0, "keyword": 1.0},
+        "EF_SEARCH": 100,
+        "ITERATIVE_SCAN": "relaxed_order",  # off | relaxed_order | strict_order
+        "MAX_QUERY_LENGTH": 512,
+        "TRIGRAM_THRESHOLD": 0.3,
+    },
+    "MODERATION": {
+        "ENABLED": True,
+        "CATEGORIES": {
+            "weapons": {
+                "PROMPTS": ["a photo of a knife", "a photo of a blade", "a photo of a weapon"],
+                "THRESHOLD": 0.5,
+            },
+        },
+        "SAFE_PROMPTS": ["a product photo", "a photo of a product for sale"],
+        "SAMPLE_RATE": 0.0,  # share of passed uploads also sent to the review queue
+    },
+}
+
+# Dict-valued settings a user replaces whole; every other dict is merged key by key, so
+# ``CLIP_SEARCH = {"SEARCH": {"RRF_K": 30}}`` keeps the other search defaults.
+_REPLACED_WHOLE = ("CATEGORIES",)
+
+
+def _merge(default: dict, user: dict, path: str) -> dict:
+    merged = copy.deepcopy(default)
+    for key, value in user.items():
+        if key not in default:
+            raise ImproperlyConfigured(
+                f"CLIP_SEARCH{path}: unknown setting {key!r}. Known: {', '.join(sorted(default))}."
+            )
+        if isinstance(default[key], dict) and key not in _REPLACED_WHOLE:
+            if not isinstance(value, dict):
+                raise ImproperlyConfigured(f"CLIP_SEARCH{path}[{key!r}] must be a dict.")
+            merged[key] = _merge(default[key], value, f"{path}[{key!r}]")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ImproperlyConfigured(f"CLIP_SEARCH{message}")
+
+
+def validate(values: dict[str, Any]) -> None:
+    """Raise ImproperlyConfigured with the offending key for the first invalid value."""
+    _require(isinstance(values["MODEL"], str) and values["MODEL"], "['MODEL'] must be a model name.")
+    _require(isinstance(values["PRETRAINED"], str), "['PRETRAINED'] must be a string.")
+    _require(values["PRECISION"] in ("fp32", "bf16"), "['PRECISION'] must be fp32 or bf16.")
+    threads = values["THREADS"]
+    _require(threads is None or (isinstance(threads, int) and threads > 0),
+             "['THREADS'] must be None or a positive int.")
+    _require(isinstance(values["BATCH_SIZE"], int) and values["BATCH_SIZE"] > 0,
+             "['BATCH_SIZE'] must be a positive int.")
+    _require(isinstance(values["QUEUE"], str) and values["QUEUE"], "['QUEUE'] must be a name.")
+    text = values["TEXT_ENCODER"]
+    _require(text["BACKEND"] in ("torch", "onnx"), "['TEXT_ENCODER']['BACKEND'] must be torch or onnx.")
+    _require(isinstance(text["CACHE_SIZE"], int) and text["CACHE_SIZE"] >= 0,
+             "['TEXT_ENCODER']['CACHE_SIZE'] must be an int >= 0.")
+    image = values["IMAGE"]
+    for key in ("MAX_BYTES", "MAX_PIXELS"):
+        _require(isinstance(image[key], int) and image[key] > 0,
+                 f"['IMAGE'][{key!r}] must be a positive int.")
+    _require("EPS" not in [f.upper() for f in image["FORMATS"]],
+             "['IMAGE']['FORMATS'] must not allow EPS: Pillow runs Ghostscript to open it.")
+    hnsw = values["HNSW"]
+    _require(isinstance(hnsw["M"], int) and 2 <= hnsw["M"] <= 100, "['HNSW']['M'] must be 2..100.")
+    _require(isinstance(hnsw["EF_CONSTRUCTION"], int) and hnsw["EF_CONSTRUCTION"] >= 2 * hnsw["M"],
+             "['HNSW']['EF_CONSTRUCTION'] must be an int >= 2 * M.")
+    search = values["SEARCH"]
+    _require(isinstance(search["RRF_K"], (int, float)) and search["RRF_K"] > 0,
+             "['SEARCH']['RRF_K'] must be a positive number.")
+    for leg in ("vector", "fulltext", "keyword"):
+        _require(isinstance(search["DEPTH"].get(leg), int) and search["DEPTH"][leg] > 0,
+                 f"['SEARCH']['DEPTH'][{leg!r}] must be a positive int.")
+        _require(isinstance(search["WEIGHTS"].get(leg), (int, float)) and search["WEIGHTS"][leg] >= 0,
+                 f"['SEARCH']['WEIGHTS'][{leg!r}] must be a number >= 0.")
+    _require(isinstance(search["EF_SEARCH"], int) and 1 <= search["EF_SEARCH"] <= 1000,
+             "['SEARCH']['EF_SEARCH'] must be 1..1000.")
+    _require(search["ITERATIVE_SCAN"] in ("off", "relaxed_order", "strict_order"),
+             "['SEARCH']['ITERATIVE_SCAN'] must be off, relaxed_order or strict_order.")
+    moderation = values["MODERATION"]
+    _require(isinstance(moderation["CATEGORIES"], dict), "['MODERATION']['CATEGORIES'] must be a dict.")
+    for name, category in moderation["CATEGORIES"].items():
+        where = f"['MODERATION']['CATEGORIES'][{name!r}]"
+        _require(isinstance(category, dict) and set(category) == {"PROMPTS", "THRESHOLD"},
+                 f"{where} must be a dict with PROMPTS and THRESHOLD.")
+        _require(bool(category["PROMPTS"]) and all(isinstance(p, str) for p in category["PROMPTS"]),
+                 f"{where}['PROMPTS'] must be a non-empty list of strings.")
+        _require(isinstance(category["THRESHOLD"], (int, float)) and 0 < category["THRESHOLD"] <= 1,
+                 f"{where}['THRESHOLD'] must be in (0, 1].")
+    _require(bool(moderation["SAFE_PROMPTS"]), "['MODERATION']['SAFE_PROMPTS'] must not be empty.")
+    _require(0.0 <= moderation["SAMPLE_RATE"] <= 1.0, "['MODERATION']['SAMPLE_RATE'] must be 0..1.")
+
+
+class ClipSearchSettings:
+    """Attribute access to the merged, validated settings: ``clip_settings.SEARCH["RRF_K"]``."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        if self._values is None:
+            user = getattr(settings, "CLIP_SEARCH", {}) or {}
+            if not isinstance(user, dict):
+                raise ImproperlyConfigured("CLIP_SEARCH must be a dict.")
+            values = _merge(DEFAULTS, user, "")
+            validate(values)
+            self._values = values
+        return self._values
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown clip_search setting {name!r}")
+        return self.values[name]
+
+    def reload(self) -> None:
+        self._values = None
+
+
+clip_settings = ClipSearchSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CLIP_SEARCH":
+        clip_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,22 @@
+from django.contrib import admin
+
+from shop_demo.catalog.models import Brand, Category, Product
+
+
+@admin.register(Brand)
+class BrandAdmin(admin.ModelAdmin):
+    search_fields = ["name"]
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    search_fields = ["name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["title", "sku", "brand", "category", "price", "in_stock", "is_public"]
+    list_filter = ["category", "brand", "in_stock", "is_public"]
+    search_fields = ["title", "sku", "brand__name"]
+    autocomplete_fields = ["brand", "category"]

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from django.db import connection
+
+from clip_search import sql
+from clip_search.expressions import cosine_distance
+from clip_search.models import Embedding, EncoderModel
+from shop_demo.catalog.models import Product
+
+pytestmark = pytest.mark.django_db
+
+
+def test_migrations_created_the_extensions_and_indexes():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extname FROM pg_extension WHERE extname IN ('vector', 'pg_trgm') ORDER BY 1")
+        assert [r[0] for r in cursor.fetchall()] == ["pg_trgm", "vector"]
+        cursor.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                       "WHERE attrelid = 'clip_search_embedding'::regclass AND attname = 'vector'")
+        assert cursor.fetchone()[0] == "vector"  # untyped: each encoder has its own dimension
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'clip_search_embedding'")
+        definitions = " ".join(r[0] for r in cursor.fetchall())
+    assert "gin_trgm_ops" in definitions
+    assert "USING gin (search_document)" in definitions
+
+
+def _fill(encoder: EncoderModel, count: int, seed: int = 0) -> np.ndarray:
+    from django.contrib.contenttypes.models import ContentType
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, encoder.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    content_type = ContentType.objects.get_for_model(Product)
+    Embedding.objects.bulk_create(
+        Embedding(content_type=content_type, object_pk=str(i), encoder=encoder, vector=v,
+                  status=Embedding.Status.INDEXED)
+        for i, v in enumerate(vectors)
+    )
+    return vectors
+
+
+def test_hnsw_index_is_created_once_and_used_by_the_knn_query():
+    encoder = EncoderModel.objects.create(name="ViT-B-32", pretrained="test", fingerprint="f" * 64,
+                                          dimension=512, is_active=True)
+    other = EncoderModel.objects.create(name="tiny", pretrained="test", fingerprint="e" * 64,
+                                        dimension=64)
+    vectors = _fill(encoder, 3000)
+    _fill(other, 500, seed=1)
+    assert sql.ensure_vector_index(encoder.pk, encoder.dimension) is True
+    assert sql.ensure_vector_index(encoder.pk, encoder.dimension) is False  # idempotent
+    assert sql.ensure_vector_index(other.pk, other.dimension) is True
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE clip_search_embedding")
+
+    query = vectors[7]
+    knn = (
+        Embedding.objects.filter(encoder=encoder)
+        .annotate(distance=cosine_distance(encoder.dimension, query))
+        .order_by("distance")[:10]
+    )
+    plan = knn.explain()
+    assert sql.vector_index_name(encoder.pk) in plan, plan
+    hits = list(knn)
+    assert hits[0].object_pk == "7" and hits[0].distance == pytest.approx(0.0, abs=1e-5)
+
+    exact = np.argsort(-(vectors @ query))[:10]
+    assert [int(h.object_pk) for h in hits][:5] == list(exact[:5])
+
+
+def test_one_row_per_object_and_encoder():
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import IntegrityError, transaction
+
+    encoder = EncoderModel.objects.create(name="m", fingerprint="a" * 64, dimension=4)
+    content_type = ContentType.objects.get_for_model(Product)
+    Embedding.objects.create(content_type=content_type, object_pk="1", encoder=encoder)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Embedding.objects.create(content_type=content_type, object_pk="1", encoder=encoder)
+
+
+def test_only_one_active_encoder():
+    from django.db import IntegrityError, transaction
+
+    EncoderModel.objects.create(name="a", fingerprint="a" * 64, dimension=4, is_active=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        EncoderModel.objects.create(name="b", fingerprint="b" * 64, dimension=4, is_active=True)
