@@ -24,8 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "PRECISION": "fp32",  # fp32 | bf16
     "THREADS": None,  # torch intra-op threads; None leaves torch's default
     "TEXT_ENCODER": {
-        "BACKEND": "torch",  # torch | onnx
-        "QUANTIZE": False,  # int8 dynamic quantisation of the text tower (torch backend)
+        "QUANTIZE": False,  # int8 dynamic quantisation of the text transformer
         "CACHE_SIZE": 2048,  # LRU entries of query embeddings per process
     },
     "IMAGE": {
@@ -49,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "ITERATIVE_SCAN": "relaxed_order",  # off | relaxed_order | strict_order
         "MAX_QUERY_LENGTH": 512,
         "TRIGRAM_THRESHOLD": 0.3,
+        "TEXT_SEARCH_CONFIG": "english",  # PostgreSQL text search configuration
     },
     "MODERATION": {
         "ENABLED": True,
@@ -101,7 +101,6 @@ def validate(values: dict[str, Any]) -> None:
              "['BATCH_SIZE'] must be a positive int.")
     _require(isinstance(values["QUEUE"], str) and values["QUEUE"], "['QUEUE'] must be a name.")
     text = values["TEXT_ENCODER"]
-    _require(text["BACKEND"] in ("torch", "onnx"), "['TEXT_ENCODER']['BACKEND'] must be torch or onnx.")
     _require(isinstance(text["CACHE_SIZE"], int) and text["CACHE_SIZE"] >= 0,
              "['TEXT_ENCODER']['CACHE_SIZE'] must be an int >= 0.")
     image = values["IMAGE"]

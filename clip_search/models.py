@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
@@ -86,10 +87,15 @@ class Embedding(models.Model):
     moderation_scores = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # The object changed but its task could not be queued (broker down): the sweep redoes it.
+    stale = models.BooleanField(default=False)
     search_document = SearchVectorField(null=True, blank=True)
     keywords = models.TextField(blank=True)
     # Lower-cased whole keyword values (a SKU, a brand): an exact match ranks first.
     keyword_tokens = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    # What the document and image were built from (image name + text): a save that changes
+    # none of it enqueues nothing.
+    source_digest = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     embedded_at = models.DateTimeField(null=True, blank=True)
@@ -112,3 +118,59 @@ class Embedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.content_type.model}:{self.object_pk} [{self.status}]"
+
+
+class ReviewItem(models.Model):
+    """A quarantined (or sampled) upload waiting for a staff decision."""
+
+    class Reason(models.TextChoices):
+        FLAGGED = "flagged", _("flagged by moderation")
+        SAMPLED = "sampled", _("sampled for quality control")
+
+    class Status(models.TextChoices):
+        OPEN = "open", _("open")
+        APPROVED = "approved", _("approved")
+        REJECTED = "rejected", _("rejected")
+        SUPERSEDED = "superseded", _("superseded by a new image")
+
+    embedding = models.ForeignKey(Embedding, on_delete=models.CASCADE, related_name="review_items")
+    image_sha256 = models.CharField(max_length=64)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    categories = models.JSONField(default=list, blank=True, help_text=_("Categories over threshold."))
+    scores = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("review item")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"], name="clip_search_review_status")]
+
+    def __str__(self) -> str:
+        return f"{self.embedding} — {self.get_reason_display()} [{self.status}]"
+
+
+class ReviewDecision(models.Model):
+    """The audit trail: every moderation decision, who made it, on which scores and model."""
+
+    class Decision(models.TextChoices):
+        FLAGGED = "flagged", _("flagged by moderation")
+        APPROVED = "approved", _("approved")
+        REJECTED = "rejected", _("rejected")
+
+    item = models.ForeignKey(ReviewItem, on_delete=models.CASCADE, related_name="decisions")
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    username = models.CharField(max_length=150, blank=True, help_text=_("Kept if the user is deleted."))
+    scores = models.JSONField(default=dict)
+    encoder = models.ForeignKey(EncoderModel, null=True, on_delete=models.SET_NULL)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("review decision")
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.username or 'moderation'} at {self.created_at:%Y-%m-%d %H:%M}"

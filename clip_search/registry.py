@@ -124,9 +124,12 @@ class Registration:
             for weight, path in zip(TEXT_WEIGHTS, self.text, strict=False)
         ]
 
-    def keyword_text(self, obj: models.Model) -> str:
+    def keyword_values(self, obj: models.Model) -> list[str]:
         """SKU, brand, model numbers: matched exactly and by trigram, not stemmed."""
-        return " ".join(v for v in (_as_text(read_path(obj, p)) for p in self.keywords) if v)
+        return [v for v in (_as_text(read_path(obj, p)) for p in self.keywords) if v]
+
+    def keyword_text(self, obj: models.Model) -> str:
+        return " ".join(self.keyword_values(obj))
 
     def related_paths(self) -> list[str]:
         """select_related() paths that the text and keyword fields follow."""
@@ -194,6 +197,9 @@ class Registry:
             )
         setattr(model, EMBEDDING_ATTRIBUTE, EmbeddingDescriptor())
         self._registrations[registration.label] = registration
+        from clip_search.signals import connect_registration
+
+        connect_registration(registration)
         return registration
 
     def resolve_pending(self) -> None:
@@ -211,6 +217,9 @@ class Registry:
         if registration is None:
             raise RegistrationError(f"{model._meta.label} is not registered with clip_search.")
         delattr(model, EMBEDDING_ATTRIBUTE)
+        from clip_search.signals import disconnect_registration
+
+        disconnect_registration(registration)
 
     def get(self, model: type[models.Model] | str) -> Registration:
         label = model if isinstance(model, str) else model._meta.label_lower

@@ -66,9 +66,22 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", DATA_DIR / "media"))
 
 CLIP_SEARCH = {
-    # The demo runs offline: a small CLIP the project trains itself (manage.py clip_train).
-    "MODEL": os.environ.get("CLIP_SEARCH_MODEL", "ViT-B-32"),
-    "PRETRAINED": os.environ.get("CLIP_SEARCH_PRETRAINED", "laion2b_s34b_b79k"),
+    # The demo runs offline: a small CLIP the project trains itself on its drawn catalog
+    # (manage.py demo_model, i.e. clip_train with the demo's arguments). A real shop sets
+    # "ViT-B-32" and "laion2b_s34b_b79k", or its own fine-tuned local-dir:.
+    "MODEL": os.environ.get("CLIP_SEARCH_MODEL", f"local-dir:{DATA_DIR / 'models' / 'demo-clip'}"),
+    "PRETRAINED": os.environ.get("CLIP_SEARCH_PRETRAINED", ""),
+    "MODERATION": {
+        "CATEGORIES": {
+            "weapons": {
+                "PROMPTS": ["a photo of a knife", "a photo of a chef's knife", "a photo of a combat knife"],
+                "THRESHOLD": 0.5,
+            },
+        },
+        # What the shop sells: the safe classes the safety prompts compete with.
+        "SAFE_PROMPTS": [f"a photo of a {noun}" for noun in (
+            "t-shirt", "mug", "sneaker", "backpack", "lamp", "chair", "watch", "hat", "bottle", "umbrella")],
+    },
 }
 
 LOGGING = {
@@ -76,4 +89,32 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"clip_search": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# Celery. With no CELERY_BROKER_URL the demo uses kombu's filesystem transport under .data/,
+# an embedded broker that needs no service; set redis:// or amqp:// for a real one.
+_BROKER_DIR = DATA_DIR / "broker"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    for _folder in ("queue", "processed"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Redis: an unacked task comes back after this long (default 1 h) if its worker died.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "clip-search-sweep": {"task": "clip_search.sweep", "schedule": 300.0},
 }

@@ -1,0 +1,101 @@
+"""Full and incremental reindexing, behind ``manage.py clip_reindex``.
+
+Batches go by primary key (``pk > last``), never OFFSET, and every batch commits on its own,
+so a killed run loses at most one batch and a rerun resumes: unchanged images are skipped by
+their sha256. ``asynchronous=True`` fans the batches out to Celery workers instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.utils import timezone
+
+from clip_search.indexing import Summary, embed_objects, iter_objects
+from clip_search.models import Embedding, EncoderModel
+from clip_search.registry import Registration
+from clip_search.tasks import enqueue, find_work
+
+Progress = Callable[[int], None]
+
+
+def batches(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
+            batch_size: int) -> Iterator[list[str]]:
+    last = None
+    while True:
+        pks = list(find_work(registration, encoder, missing_only=missing_only, after_pk=last)
+                   .values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            return
+        last = pks[-1]
+        yield [str(pk) for pk in pks]
+
+
+def count_work(registration: Registration, encoder: EncoderModel, *, missing_only: bool) -> int:
+    return find_work(registration, encoder, missing_only=missing_only).count()
+
+
+def reindex_inline(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
+                   batch_size: int, force: bool = False, progress: Progress = lambda n: None) -> Summary:
+    summary = Summary()
+    for pks in batches(registration, encoder, missing_only=missing_only, batch_size=batch_size):
+        summary.add(embed_objects(registration, iter_objects(registration, pks), encoder, force=force))
+        progress(len(pks))
+    return summary
+
+
+def reindex_async(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
+                  batch_size: int, force: bool = False, progress: Progress = lambda n: None,
+                  poll: float = 1.0, timeout: float | None = None) -> Summary:
+    """Queue every batch, then follow the rows the workers write until all are done."""
+    started = timezone.now()
+    queued: list[str] = []
+    for pks in batches(registration, encoder, missing_only=missing_only, batch_size=batch_size):
+        if not enqueue(registration.label, pks, encoder.pk, force):
+            raise RuntimeError("The broker refused the tasks; nothing more was queued.")
+        queued.extend(pks)
+    content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
+    rows = Embedding.objects.filter(content_type=content_type, encoder=encoder, object_pk__in=queued)
+    done, deadline = 0, (time.monotonic() + timeout) if timeout else None
+    while done < len(queued):
+        now_done = rows.filter(updated_at__gte=started, stale=False).exclude(
+            status=Embedding.Status.PENDING).count()
+        progress(now_done - done)
+        done = now_done
+        if done < len(queued):
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(queued) - done} objects not embedded after {timeout}s")
+            time.sleep(poll)
+    return summarize(rows.filter(updated_at__gte=started))
+
+
+def summarize(rows) -> Summary:
+    summary = Summary()
+    names = {Embedding.Status.INDEXED: "indexed", Embedding.Status.FLAGGED: "flagged",
+             Embedding.Status.REJECTED: "rejected", Embedding.Status.NO_IMAGE: "no_image",
+             Embedding.Status.ERROR: "failed"}
+    for status, pk, error in rows.values_list("status", "object_pk", "error"):
+        summary.counts[names.get(status, status)] += 1
+        if status == Embedding.Status.ERROR:
+            summary.errors[pk] = error
+    return summary
+
+
+def missing_coverage(encoder: EncoderModel, registrations) -> int:
+    """Objects that still have no finished row for ``encoder``."""
+    return sum(count_work(registration, encoder, missing_only=True) for registration in registrations)
+
+
+def activate(encoder: EncoderModel, registrations) -> None:
+    """Make ``encoder`` the one search reads, in one transaction, if its coverage is complete."""
+    missing = missing_coverage(encoder, registrations)
+    if missing:
+        raise ValueError(f"Encoder {encoder} is missing {missing} objects; run clip_reindex "
+                         f"--model {encoder.name!r} --missing first.")
+    with transaction.atomic():
+        EncoderModel.objects.select_for_update().filter(is_active=True).update(is_active=False)
+        EncoderModel.objects.filter(pk=encoder.pk).update(is_active=True, activated_at=timezone.now())
+

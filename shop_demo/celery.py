@@ -1,0 +1,11 @@
+"""The demo shop's Celery app, set up the way the Celery docs set up a Django project."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop_demo.settings")
+
+app = Celery("shop_demo")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
