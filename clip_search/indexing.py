@@ -70,9 +70,7 @@ _pipelines: dict[int, Pipeline] = {}
 
 
 def spec_for(encoder: EncoderModel) -> EncoderSpec:
-    base = EncoderSpec.from_settings()
-    return EncoderSpec(model=encoder.name, pretrained=encoder.pretrained, device=base.device,
-                       precision=base.precision, threads=base.threads)
+    return EncoderSpec.from_settings().with_weights(encoder.name, encoder.pretrained)
 
 
 def register_encoder(spec: EncoderSpec | None = None, activate_if_none: bool = True) -> EncoderModel:

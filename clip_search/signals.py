@@ -73,13 +73,15 @@ def _touches(registration: Registration, update_fields) -> bool:
 
 def _changed(registration: Registration, instance: models.Model) -> bool:
     """Compare with the digest stored on the active row: one indexed SELECT per save."""
+    if callable(registration.image):  # bytes from a callable: no cheap way to tell
+        return True
     from clip_search.indexing import source_digest
     from clip_search.models import Embedding
 
     stored = (Embedding.objects.for_object(instance).active()
               .exclude(status__in=[Embedding.Status.ERROR, Embedding.Status.PENDING])
               .values_list("source_digest", flat=True).first())
-    return callable(registration.image) or stored != source_digest(registration, instance)
+    return stored != source_digest(registration, instance)
 
 
 _processor: BaseSignalProcessor | None = None

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,10 @@ class EncoderSpec:
         return cls(model=clip_settings.MODEL, pretrained=clip_settings.PRETRAINED,
                    device=clip_settings.DEVICE, precision=clip_settings.PRECISION,
                    threads=clip_settings.THREADS)
+
+    def with_weights(self, model: str, pretrained: str = "") -> EncoderSpec:
+        """Same device, precision and threads, other weights (a model switch)."""
+        return replace(self, model=model, pretrained=pretrained)
 
     @property
     def uses_schema(self) -> bool:

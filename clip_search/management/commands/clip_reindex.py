@@ -30,9 +30,7 @@ class Command(BaseCommand):
         try:
             registrations = [registry.get(label) for label in options["models"]] or list(registry)
             if options["model"]:
-                base = EncoderSpec.from_settings()
-                spec = EncoderSpec(options["model"], options["pretrained"], base.device, base.precision,
-                                   base.threads)
+                spec = EncoderSpec.from_settings().with_weights(options["model"], options["pretrained"])
                 encoder = register_encoder(spec)
             else:
                 encoder = active_encoder() or register_encoder()
