@@ -82,8 +82,9 @@ def product_jpegs(count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
             px, py = rng.randint(box[0], box[2]), rng.randint(box[1], box[3])
             r = rng.randint(10, max(11, w // 12))
             draw.ellipse([px - r, py - r, px + r, py + r], fill=accent)
-        image = image.filter(ImageFilter.GaussianBlur(1.2))
-        noisy = np.asarray(image, np.float32) + noise_rng.normal(0, 6, (height, width, 3))
+        image = image.filter(ImageFilter.BoxBlur(1))
+        noise = noise_rng.standard_normal((height, width, 3), dtype=np.float32)
+        noisy = np.asarray(image, np.float32) + 6 * noise
         out = io.BytesIO()
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=quality)
         blobs.append(out.getvalue())

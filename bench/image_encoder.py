@@ -1,6 +1,6 @@
 """Image encoding at batch 32: stock open_clip (``preprocess`` + ``encode_image``) vs ``ImageEncoder``.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python bench/image_encoder.py [--rounds 2]
+    cd /work/main && PYTHONPATH=. .venv/bin/python bench/image_encoder.py [--rounds 3]
 
 ViT-B-32 with random weights (the real architecture; speed does not depend on the values).
 Two measurements, each with the variants interleaved in the same run (a shared VM slows all
@@ -29,7 +29,7 @@ BATCH = 32
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     _util.setup()
     started = time.perf_counter()

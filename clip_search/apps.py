@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete
 from django.utils.translation import gettext_lazy as _
 
 
@@ -12,3 +13,12 @@ class ClipSearchConfig(AppConfig):
         from clip_search.registry import registry
 
         registry.resolve_pending()
+        post_delete.connect(_drop_vector_index, sender="clip_search.EncoderModel",
+                            dispatch_uid="clip_search.drop_vector_index")
+
+
+def _drop_vector_index(sender, instance, using, **kwargs) -> None:
+    """An encoder's partial HNSW index goes with it (its rows are gone by cascade)."""
+    from clip_search.sql import drop_vector_index
+
+    drop_vector_index(instance.pk, using=using)

@@ -25,6 +25,71 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
 
 
 @register("clip_search")
+def check_encoder_backends(app_configs: Any = None, **kwargs: Any) -> list:
+    """An ONNX backend without onnxruntime would fail only when the first query arrives."""
+    import importlib.util
+
+    try:
+        wanted = [name for name in ("TEXT_ENCODER", "IMAGE_ENCODER")
+                  if clip_settings.values[name]["BACKEND"] == "onnx"]
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    if not wanted or all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx")):
+        return []
+    return [Error(
+        f"CLIP_SEARCH[{name!r}]['BACKEND'] is 'onnx' but onnxruntime/onnx are not installed.",
+        hint="pip install 'clip-search[onnx]', or set BACKEND to 'torch'.",
+        id="clip_search.E005",
+    ) for name in wanted]
+
+
+@register("clip_search")
+def check_model_files(app_configs: Any = None, **kwargs: Any) -> list:
+    """Missing or unreadable weights: reported at deploy time, not by the first query.
+
+    Cheap: the folder's files and each safetensors header, never the weights themselves. A
+    pretrained tag that open_clip downloads is not checked here (that would need the network).
+    """
+    from pathlib import Path
+
+    from clip_search.encoders.loader import EncoderLoadError, EncoderSpec, validate_spec
+
+    try:
+        spec = EncoderSpec.from_settings()
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    try:
+        validate_spec(spec)
+        if spec.model.startswith("local-dir:"):
+            files = sorted(Path(spec.model.removeprefix("local-dir:")).expanduser().glob("*.safetensors"))
+        else:
+            files = [Path(spec.pretrained)] if Path(spec.pretrained or "").suffix else []
+            missing = [str(path) for path in files if not path.is_file()]
+            if missing:
+                raise EncoderLoadError(f"checkpoint file {missing[0]!r} does not exist.")
+        _read_safetensors_headers([path for path in files if path.suffix == ".safetensors"])
+    except EncoderLoadError as error:
+        return [Error(f"The CLIP model cannot be loaded: {error}",
+                      hint="Fix CLIP_SEARCH['MODEL'] / ['PRETRAINED'] or restore the files; search "
+                      "falls back to keywords and no image is embedded until then.",
+                      id="clip_search.E006")]
+    return []
+
+
+def _read_safetensors_headers(paths: list) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    from clip_search.encoders.loader import EncoderLoadError
+
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except (OSError, SafetensorError) as error:
+            raise EncoderLoadError(f"{str(path)!r} is not a readable safetensors file ({error}).") from error
+
+
+@register("clip_search")
 def check_registrations(app_configs: Any = None, **kwargs: Any) -> list:
     errors = [
         Error(str(error), hint="Name an existing field, or pass a callable.",

@@ -24,8 +24,17 @@ DEFAULTS: dict[str, Any] = {
     "PRECISION": "fp32",  # fp32 | bf16
     "THREADS": None,  # torch intra-op threads; None leaves torch's default
     "TEXT_ENCODER": {
+        # torch | onnx (ONNX Runtime, the ``onnx`` extra; int8 onnx is the fastest on a CPU)
+        "BACKEND": "torch",
         "QUANTIZE": False,  # int8 dynamic quantisation of the text transformer
         "CACHE_SIZE": 2048,  # LRU entries of query embeddings per process
+        "THREADS": None,  # ONNX Runtime session threads; None = min(2, cores)
+    },
+    "IMAGE_ENCODER": {
+        "BACKEND": "torch",  # torch | onnx
+        "QUANTIZE": False,  # int8 image transformer (cosine >= 0.999 to fp32, see bench/)
+        "DRAFT": True,  # decode big JPEGs at a reduced DCT scale (same pixels after resize)
+        "THREADS": None,
     },
     "IMAGE": {
         "MAX_BYTES": 20 * 1024 * 1024,
@@ -42,12 +51,16 @@ DEFAULTS: dict[str, Any] = {
     # Search
     "SEARCH": {
         "RRF_K": 60,
+        "LIMIT": 100,  # fused hits returned (pages are cut from these)
         "DEPTH": {"vector": 200, "fulltext": 200, "keyword": 200},
         "WEIGHTS": {"vector": 1.0, "fulltext": 1.0, "keyword": 1.0},
         "EF_SEARCH": 100,
         "ITERATIVE_SCAN": "relaxed_order",  # off | relaxed_order | strict_order
         "MAX_QUERY_LENGTH": 512,
-        "TRIGRAM_THRESHOLD": 0.3,
+        # Keyword leg: the share of the query's trigrams found in a keyword (pg_trgm
+        # word_similarity). High on purpose: the query must *be* a SKU or brand, perhaps
+        # misspelled; a brand merely named in a longer query is the full-text leg's job.
+        "TRIGRAM_THRESHOLD": 0.6,
         "TEXT_SEARCH_CONFIG": "english",  # PostgreSQL text search configuration
     },
     "MODERATION": {
@@ -100,6 +113,13 @@ def validate(values: dict[str, Any]) -> None:
     _require(isinstance(values["BATCH_SIZE"], int) and values["BATCH_SIZE"] > 0,
              "['BATCH_SIZE'] must be a positive int.")
     _require(isinstance(values["QUEUE"], str) and values["QUEUE"], "['QUEUE'] must be a name.")
+    for encoder in ("TEXT_ENCODER", "IMAGE_ENCODER"):
+        options = values[encoder]
+        _require(options["BACKEND"] in ("torch", "onnx"), f"[{encoder!r}]['BACKEND'] must be torch or onnx.")
+        _require(isinstance(options["QUANTIZE"], bool), f"[{encoder!r}]['QUANTIZE'] must be a bool.")
+        threads = options["THREADS"]
+        _require(threads is None or (isinstance(threads, int) and threads > 0),
+                 f"[{encoder!r}]['THREADS'] must be None or a positive int.")
     text = values["TEXT_ENCODER"]
     _require(isinstance(text["CACHE_SIZE"], int) and text["CACHE_SIZE"] >= 0,
              "['TEXT_ENCODER']['CACHE_SIZE'] must be an int >= 0.")
@@ -121,6 +141,8 @@ def validate(values: dict[str, Any]) -> None:
                  f"['SEARCH']['DEPTH'][{leg!r}] must be a positive int.")
         _require(isinstance(search["WEIGHTS"].get(leg), (int, float)) and search["WEIGHTS"][leg] >= 0,
                  f"['SEARCH']['WEIGHTS'][{leg!r}] must be a number >= 0.")
+    _require(isinstance(search["LIMIT"], int) and 1 <= search["LIMIT"] <= 10_000,
+             "['SEARCH']['LIMIT'] must be 1..10000.")
     _require(isinstance(search["EF_SEARCH"], int) and 1 <= search["EF_SEARCH"] <= 1000,
              "['SEARCH']['EF_SEARCH'] must be 1..1000.")
     _require(search["ITERATIVE_SCAN"] in ("off", "relaxed_order", "strict_order"),

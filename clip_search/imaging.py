@@ -9,7 +9,6 @@ Pillow's decompression-bomb warning turned into an error), and an allow-list of 
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Iterable
 
 from django.utils.translation import gettext_lazy as _
@@ -51,26 +50,27 @@ def decode_image(data: bytes, *, max_bytes: int | None = None, max_pixels: int |
         raise ImageRejected("too_large", str(_("The file is %(size)d bytes; the limit is %(limit)d.")
                                             % {"size": len(data), "limit": max_bytes}))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.init()  # registers every plugin, so OPEN lists what this Pillow can read
-            image = Image.open(io.BytesIO(data), formats=sorted(allowed & set(Image.OPEN)))
-            if image.format not in allowed:
-                raise ImageRejected("format", str(_("Image format %(format)s is not allowed.")
-                                                 % {"format": image.format}))
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ImageRejected("broken", str(_("The image has no pixels.")))
-            if width * height > max_pixels:
-                raise ImageRejected("too_many_pixels", str(
-                    _("The image is %(w)d×%(h)d pixels; the limit is %(limit)d pixels.")
-                    % {"w": width, "h": height, "limit": max_pixels}))
-            if draft_size and image.format == "JPEG":
-                image.draft(image.mode, (draft_size, draft_size))
-            image.seek(0)  # animated: the first frame stands for the product
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+        # No warnings.catch_warnings(): it is not thread-safe and workers decode in threads.
+        # The explicit pixel check below is stricter than Pillow's bomb warning (89 M pixels)
+        # for any sane MAX_PIXELS, and Pillow raises DecompressionBombError past 2× of it.
+        Image.init()  # registers every plugin, so OPEN lists what this Pillow can read
+        image = Image.open(io.BytesIO(data), formats=sorted(allowed & set(Image.OPEN)))
+        if image.format not in allowed:
+            raise ImageRejected("format", str(_("Image format %(format)s is not allowed.")
+                                             % {"format": image.format}))
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageRejected("broken", str(_("The image has no pixels.")))
+        if width * height > max_pixels:
+            raise ImageRejected("too_many_pixels", str(
+                _("The image is %(w)d×%(h)d pixels; the limit is %(limit)d pixels.")
+                % {"w": width, "h": height, "limit": max_pixels}))
+        if draft_size and image.format == "JPEG":
+            image.draft(image.mode, (draft_size, draft_size))
+        image.seek(0)  # animated: the first frame stands for the product
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return to_rgb(image)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

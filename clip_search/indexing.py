@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.search import SearchVector
+from django.core.signals import setting_changed
 from django.db import models, transaction
 from django.db.models import Value
 from django.utils import timezone
 
 from clip_search import sql
 from clip_search.conf import clip_settings
-from clip_search.encoders import EncoderSpec, ImageEncoder, TextEncoder, get_clip
+from clip_search.encoders import EncoderSpec, get_clip, image_encoder_for, text_encoder_for
 from clip_search.imaging import ImageRejected
 from clip_search.models import Embedding, EncoderModel, ReviewItem
 from clip_search.moderation import Moderator, open_review, supersede_reviews, upload_flagged
@@ -62,11 +63,20 @@ class Pipeline:
             raise RuntimeError(
                 f"Weights of {spec.model!r} changed since encoder {encoder.pk} was registered.")
         self.encoder = encoder
-        self.images = ImageEncoder(clip, batch_size=clip_settings.BATCH_SIZE)
-        self.moderator = Moderator(TextEncoder(clip, cache_size=0), clip.logit_scale)
+        self.images = image_encoder_for(clip)
+        self.moderator = Moderator(text_encoder_for(clip, cache=False), clip.logit_scale)
 
 
 _pipelines: dict[int, Pipeline] = {}
+
+
+def _forget_pipelines(*, setting: str, **kwargs) -> None:
+    """Moderation prompts and encoder options are read when a pipeline is built."""
+    if setting == "CLIP_SEARCH":
+        _pipelines.clear()
+
+
+setting_changed.connect(_forget_pipelines)
 
 
 def spec_for(encoder: EncoderModel) -> EncoderSpec:
@@ -149,9 +159,16 @@ def embed_objects(registration: Registration, objects: Sequence[models.Model], e
             summary.counts["failed"] += 1
             summary.errors[pk] = f"image file could not be read: {error}"
             continue
-        if not data:
+        if data is None:
             _write(content_type, encoder, obj, registration, status=Status.NO_IMAGE, vector=None, sha="")
             summary.counts["no_image"] += 1
+            continue
+        if not data:  # the field names a file, but the file is empty (an upload cut short)
+            reason = _reason(ImageRejected("empty", "The image file is empty."))
+            _write(content_type, encoder, obj, registration, status=Status.ERROR, vector=None, sha="",
+                   error=reason, bump=True)
+            summary.counts["failed"] += 1
+            summary.errors[pk] = reason
             continue
         sha = hashlib.sha256(data).hexdigest()
         row = existing.get(pk)
@@ -209,7 +226,8 @@ def _reason(error: ImageRejected) -> str:
 def _write(content_type, encoder, obj, registration, *, status, vector=..., sha=None, error="",
            scores=None, embedded=False, bump=False) -> Embedding:
     """Upsert the (object, encoder) row; ``...`` leaves a field as it is."""
-    values = {"status": status, "error": error, "stale": False, **document_fields(registration, obj)}
+    values = {"status": status, "error": error, "stale": False, "image_name": registration.image_name(obj),
+              **document_fields(registration, obj)}
     if vector is not ...:
         values["vector"] = vector
     if sha is not None:

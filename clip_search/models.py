@@ -83,6 +83,9 @@ class Embedding(models.Model):
     # over ``vector::vector(dim)`` (see clip_search.sql.ensure_vector_index).
     vector = VectorField(null=True, blank=True)
     image_sha256 = models.CharField(max_length=64, blank=True)
+    # The storage name the vector was made from: a save with another name is a new upload,
+    # hidden (pending) until the worker has scored it.
+    image_name = models.CharField(max_length=500, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     moderation_scores = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)

@@ -51,14 +51,17 @@ class Moderator:
     def judge(self, vectors: np.ndarray) -> list[Verdict]:
         if not self.enabled or not self.categories or len(vectors) == 0:
             return [Verdict(scores={}, flagged=[]) for _ in range(len(vectors))]
-        logits = self.logit_scale * vectors @ self._classes.T
+        # float64: a confident model puts a category at exp(-100), which float32 flushes to 0.
+        logits = self.logit_scale * vectors.astype(np.float64) @ self._classes.T.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         verdicts = []
         for row in probabilities[:, self._first_category:]:
-            scores = {name: round(float(p), 4) for name, p in zip(self.categories, row, strict=True)}
-            flagged = [name for name, p in scores.items() if p >= self.thresholds[name]]
+            probability = dict(zip(self.categories, row, strict=True))
+            flagged = [name for name, p in probability.items() if p >= self.thresholds[name]]
+            # Four significant digits for the record: rounding to decimals would show 0.0.
+            scores = {name: float(f"{p:.4g}") for name, p in probability.items()}
             verdicts.append(Verdict(scores=scores, flagged=flagged))
         return verdicts
 

@@ -50,12 +50,22 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         registration = registry.get(sender)
         if update_fields is not None and not _touches(registration, update_fields):
             return
+        from clip_search.indexing import source_digest
         from clip_search.tasks import enqueue
 
         label, pk = registration.label, str(instance.pk)
-        if not _changed(registration, instance):
+        stored = _stored(instance)
+        unchanged = stored is not None and stored["source_digest"] == source_digest(registration, instance)
+        if unchanged and not callable(registration.image):  # a callable's bytes cannot be compared cheaply
             return
-        transaction.on_commit(lambda: enqueue(label, [pk]))
+        new_image = stored is not None and stored["image_name"] != registration.image_name(instance)
+
+        def on_commit() -> None:
+            if new_image:  # unscored pixels must not reach the storefront, even for a moment
+                hide_until_scored(instance)
+            enqueue(label, [pk])
+
+        transaction.on_commit(on_commit)
 
     def handle_delete(self, sender, instance, **kwargs):
         from clip_search.indexing import remove_object
@@ -71,17 +81,22 @@ def _touches(registration: Registration, update_fields) -> bool:
     return bool(roots & set(update_fields)) or callable(registration.image)
 
 
-def _changed(registration: Registration, instance: models.Model) -> bool:
-    """Compare with the digest stored on the active row: one indexed SELECT per save."""
-    if callable(registration.image):  # bytes from a callable: no cheap way to tell
-        return True
-    from clip_search.indexing import source_digest
+def _stored(instance: models.Model) -> dict | None:
+    """The active row's digest and image name (one indexed SELECT per save), if it is done."""
     from clip_search.models import Embedding
 
-    stored = (Embedding.objects.for_object(instance).active()
-              .exclude(status__in=[Embedding.Status.ERROR, Embedding.Status.PENDING])
-              .values_list("source_digest", flat=True).first())
-    return stored != source_digest(registration, instance)
+    return (Embedding.objects.for_object(instance).active()
+            .exclude(status__in=[Embedding.Status.ERROR, Embedding.Status.PENDING])
+            .values("source_digest", "image_name").first())
+
+
+def hide_until_scored(instance: models.Model) -> None:
+    """A new image replaces a scored one: pending (out of every storefront leg) until embedded."""
+    from clip_search.models import Embedding
+
+    shown = [Embedding.Status.INDEXED, Embedding.Status.NO_IMAGE]
+    Embedding.objects.for_object(instance).active().filter(status__in=shown).update(
+        status=Embedding.Status.PENDING)
 
 
 _processor: BaseSignalProcessor | None = None

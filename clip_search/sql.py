@@ -2,10 +2,15 @@
 
 - the per-encoder partial HNSW index over an expression (``vector::vector(dim)``);
 - per-transaction planner settings for pgvector (``SET LOCAL hnsw.ef_search``);
+- the fused hybrid search statement: CTEs, ``FULL JOIN`` and window functions over legs
+  limited before they are joined, which the ORM cannot express;
 - catalog look-ups for the system checks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -50,11 +55,15 @@ def drop_vector_index(encoder_id: int, using: str = "default") -> None:
         cursor.execute(f"DROP INDEX IF EXISTS {vector_index_name(encoder_id)}")
 
 
-def set_local_search_params(ef_search: int, iterative_scan: str, using: str = "default") -> None:
-    """pgvector planner settings for the current transaction only (pgvector-python #43)."""
+def set_local_search_params(ef_search: int, iterative_scan: str, trigram_threshold: float | None = None,
+                            using: str = "default") -> None:
+    """pgvector and pg_trgm settings for the current transaction only (pgvector-python #43)."""
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(int(ef_search))])
-        cursor.execute("SELECT set_config('hnsw.iterative_scan', %s, true)", [iterative_scan])
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                       "set_config('hnsw.iterative_scan', %s, true)", [str(int(ef_search)), iterative_scan])
+        if trigram_threshold is not None:
+            cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)",
+                           [str(float(trigram_threshold))])
 
 
 def extension_status(connection: BaseDatabaseWrapper, name: str) -> tuple[bool, bool]:
@@ -67,3 +76,143 @@ def extension_status(connection: BaseDatabaseWrapper, name: str) -> tuple[bool, 
         )
         row = cursor.fetchone()
     return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+@dataclass
+class FusedQuery:
+    """Everything the one fused statement needs; built by ``clip_search.search``."""
+
+    content_type_id: int
+    encoder_id: int
+    dimension: int
+    base: tuple[str, Sequence] | None  # the shop queryset's ``SELECT pk`` (its filters), or None
+    exclude_pk: str | None
+    vector: Sequence[float] | None
+    text: str
+    exact_tokens: list[str]
+    vector_statuses: list[str]
+    text_statuses: list[str]
+    depth: dict[str, int]
+    weights: dict[str, float]
+    rrf_k: float
+    exact_boost: float
+    text_search_config: str
+    limit: int
+
+
+@dataclass
+class FusedHit:
+    object_pk: str
+    score: float
+    vector_rank: int | None
+    vector_distance: float | None
+    fulltext_rank: int | None
+    fulltext_score: float | None
+    keyword_rank: int | None
+    keyword_exact: bool
+    keyword_similarity: float | None
+
+
+def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
+    """Every leg, the filters and reciprocal rank fusion in one statement.
+
+    Each leg is a CTE over ``clip_search_embedding`` limited to its depth and numbered by
+    ``rank()`` (equal evidence, equal rank: products that tie are not ordered by accident
+    of their pks); the legs are full-outer-joined on the object and scored
+    ``Σ weight / (k + rank)``, plus a boost that puts exact keyword (SKU) matches first.
+    The shop queryset's own SQL is the ``IN (…)`` filter of every leg, so a filter is applied
+    inside the HNSW scan (with pgvector's iterative scan) and not after it.
+    """
+    legs: list[tuple[str, str, list]] = []  # (name, CTE body, params)
+    scope, scope_params = _scope(query)
+    if query.vector is not None and query.weights["vector"] > 0:
+        legs.append(("vector", f"""
+            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance FROM (
+                SELECT e.object_pk, e.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
+                FROM clip_search_embedding e
+                WHERE {scope} AND e.status = ANY(%s)
+                ORDER BY distance LIMIT %s) AS hits""",
+            [_vector_literal(query.vector), *scope_params, query.vector_statuses, query.depth["vector"]]))
+    if query.text and query.weights["fulltext"] > 0:
+        legs.append(("fulltext", f"""
+            SELECT object_pk, rank() OVER (ORDER BY score DESC) AS rank, score FROM (
+                SELECT e.object_pk, ts_rank_cd(e.search_document, q.query) AS score
+                FROM clip_search_embedding e,
+                     websearch_to_tsquery(%s::regconfig, %s) AS q(query)
+                WHERE {scope} AND e.status = ANY(%s) AND e.search_document @@ q.query
+                ORDER BY score DESC LIMIT %s) AS hits""",
+            [query.text_search_config, query.text, *scope_params, query.text_statuses,
+             query.depth["fulltext"]]))
+    if query.text and query.weights["keyword"] > 0:
+        legs.append(("keyword", f"""
+            SELECT object_pk, rank() OVER (ORDER BY exact DESC, similarity DESC) AS rank,
+                   exact, similarity FROM (
+                SELECT e.object_pk, e.keyword_tokens && %s::varchar[] AS exact,
+                       word_similarity(%s, e.keywords) AS similarity
+                FROM clip_search_embedding e
+                WHERE {scope} AND e.status = ANY(%s)
+                  AND (e.keyword_tokens && %s::varchar[] OR %s <%% e.keywords)
+                ORDER BY exact DESC, similarity DESC LIMIT %s) AS hits""",
+            [query.exact_tokens, query.text, *scope_params, query.text_statuses, query.exact_tokens,
+             query.text, query.depth["keyword"]]))
+    if not legs:
+        return None
+    params: list = []
+    ctes = []
+    for name, body, leg_params in legs:
+        ctes.append(f"{name}_leg AS MATERIALIZED ({body})")
+        params.extend(leg_params)
+    names = [name for name, _, _ in legs]
+    joined = f"{names[0]}_leg" + "".join(f" FULL JOIN {name}_leg USING (object_pk)" for name in names[1:])
+    score_terms = []
+    for name in names:
+        score_terms.append(f"COALESCE(%s / (%s + {name}_leg.rank), 0)")
+        params.extend([float(query.weights[name]), float(query.rrf_k)])
+    if "keyword" in names:
+        score_terms.append("CASE WHEN keyword_leg.exact THEN %s ELSE 0 END")
+        params.append(float(query.exact_boost))
+    columns = {
+        "vector": "vector_leg.rank, vector_leg.distance",
+        "fulltext": "fulltext_leg.rank, fulltext_leg.score",
+        "keyword": "keyword_leg.rank, keyword_leg.exact, keyword_leg.similarity",
+    }
+    empty = {"vector": "NULL::bigint, NULL::float8", "fulltext": "NULL::bigint, NULL::float4",
+             "keyword": "NULL::bigint, NULL::boolean, NULL::float4"}
+    select = ", ".join(columns[name] if name in names else empty[name] for name in columns)
+    statement = (
+        f"WITH {', '.join(ctes)} "
+        f"SELECT object_pk, ({' + '.join(score_terms)})::float8 AS fused_score, {select} "
+        f"FROM {joined} ORDER BY fused_score DESC, object_pk LIMIT %s"
+    )
+    params.append(int(query.limit))
+    return statement, params
+
+
+def fused_search(query: FusedQuery, using: str = "default") -> list[FusedHit]:
+    """Run ``fused_statement``: the hits, best first."""
+    statement = fused_statement(query)
+    if statement is None:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(*statement)
+        rows = cursor.fetchall()
+    return [FusedHit(pk, score, vr, vd, fr, fs, kr, bool(ke), ks)
+            for pk, score, vr, vd, fr, fs, kr, ke, ks in rows]
+
+
+def _scope(query: FusedQuery) -> tuple[str, list]:
+    """The rows one leg may read: this model, this encoder, the shop's filters, not ``like``."""
+    clauses = ["e.encoder_id = %s", "e.content_type_id = %s"]
+    params: list = [int(query.encoder_id), int(query.content_type_id)]
+    if query.base is not None:
+        base_sql, base_params = query.base
+        clauses.append(f"e.object_pk IN (SELECT base.pk::text FROM ({base_sql}) AS base(pk))")
+        params.extend(base_params)
+    if query.exclude_pk is not None:
+        clauses.append("e.object_pk <> %s")
+        params.append(query.exclude_pk)
+    return " AND ".join(clauses), params
+
+
+def _vector_literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(v):.7g}" for v in vector) + "]"

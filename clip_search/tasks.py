@@ -70,12 +70,15 @@ def enqueue(label: str, pks: list[str], encoder_id: int | None = None, force: bo
     except (BrokerError, OSError) as error:
         reason = f"Could not queue the embed task ({type(error).__name__}: {error}); the sweep will retry."
         logger.warning("clip_search: %s [%s %s]", reason, label, pks)
-        mark_stale(label, pks, reason)
+        mark_stale(label, pks, reason, force=force)
         return False
 
 
-def mark_stale(label: str, pks: list[str], reason: str) -> None:
-    """Leave a trace the sweep finds: absent rows become pending, existing rows stale."""
+def mark_stale(label: str, pks: list[str], reason: str, force: bool = False) -> None:
+    """Leave a trace the sweep finds: absent rows become pending, existing rows stale.
+
+    ``force`` (a re-embed staff asked for) forgets the image digest, so the sweep's plain
+    task re-embeds an unchanged image instead of skipping it."""
     encoder = active_encoder()
     if encoder is None:
         return  # nothing embedded yet: the sweep finds objects without rows anyway
@@ -85,7 +88,8 @@ def mark_stale(label: str, pks: list[str], reason: str) -> None:
             content_type=content_type, object_pk=str(pk), encoder=encoder,
             defaults={"status": Embedding.Status.PENDING, "error": reason, "stale": True})
         if not created:
-            Embedding.objects.filter(pk=row.pk).update(stale=True, error=reason)
+            changes = {"image_sha256": ""} if force else {}
+            Embedding.objects.filter(pk=row.pk).update(stale=True, error=reason, **changes)
 
 
 def find_work(registration, encoder: EncoderModel, *, missing_only: bool = True, after_pk=None):

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,13 +35,31 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
+@dataclass(frozen=True)
+class Caption:
+    """A caption that states only some of what its image shows, e.g. just the category.
+
+    It is a positive for every image in the batch that carries all its ``tags``: "a photo of a
+    mug" pulls every mug towards it whatever its colour, which teaches the category apart from
+    the colour (and is what zero-shot prompts such as moderation's look like).
+    """
+
+    text: str
+    tags: frozenset[str]
+
+
 @dataclass
 class Example:
-    """One image with its captions (one is drawn per step) and a label for evaluation."""
+    """One image with its captions (one is drawn per step) and a label for evaluation.
+
+    A plain string caption states the whole ``label``: it is a positive for every image with
+    that label. The image also carries ``tags`` for the ``Caption``s that state less.
+    """
 
     image: Image.Image
-    texts: Sequence[str]
+    texts: Sequence[str | Caption]
     label: str
+    tags: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -61,6 +82,7 @@ class TrainingArgs:
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 40
+    near_misses: float = 0.0  # share of each batch drawn as near misses of the rest (see _Batches)
     seed: int = 0
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,8 +91,14 @@ class TrainingArgs:
         """What identifies a training run: the same digest means the cached model is valid."""
         values = {k: v for k, v in asdict(self).items() if k not in ("output", "threads")}
         if self.config:  # the config's content, not where the checkout happens to live
-            values["config"] = hashlib.sha256(Path(self.config).read_bytes()).hexdigest()
+            values["config"] = _file_digest(self.config)
+        # The code too: a change to this loop or to the source retrains instead of reusing.
+        values["code"] = [_file_digest(__file__), _file_digest(inspect.getfile(load_source(self.source)))]
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -174,8 +202,16 @@ def train(args: TrainingArgs, *, log: Callable[[str], None] = print, force: bool
     if cached and not force:
         log(f"Cached model at {output} matches these arguments (use --force to retrain).")
         return cached
-    if args.threads:
+    threads = torch.get_num_threads()
+    if args.threads:  # for this run only: a test session or a web process keeps its own setting
         torch.set_num_threads(args.threads)
+    try:
+        return _train(args, output, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(args: TrainingArgs, output: Path, log: Callable[[str], None]) -> TrainingResult:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -188,26 +224,27 @@ def train(args: TrainingArgs, *, log: Callable[[str], None] = print, force: bool
     log(f"Training on {len(data.train)} examples, evaluating on {len(data.queries)} queries "
         f"over {len(data.gallery)} held-out images ({data.description}).")
     pixels = torch.stack([preprocess(example.image) for example in data.train])
-    captions = [list(example.texts) for example in data.train]
-    labels = [example.label for example in data.train]
+    captions = [[_as_caption(text, example.label) for text in example.texts] for example in data.train]
+    image_tags = [example.tags | {example.label} for example in data.train]
 
     # fused: one kernel over all parameters; the per-tensor loop costs a third of a small step.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(args.warmup, args.steps))
-    generator = torch.Generator().manual_seed(args.seed)
+    batches = _Batches(data.train, min(args.batch_size, len(data.train)), args.near_misses, args.seed)
     rng = random.Random(args.seed)
-    batch_size = min(args.batch_size, len(data.train))
     loss_value = math.nan
     for step in range(1, args.steps + 1):
-        index = torch.randperm(len(data.train), generator=generator)[:batch_size]
+        index = batches.next()
         images = pixels[index]
-        tokens = tokenizer([rng.choice(captions[i]) for i in index.tolist()])
+        chosen = [rng.choice(captions[i]) for i in index.tolist()]
+        tokens = tokenizer([c.text for c in chosen])
         image_features = F.normalize(model.encode_image(images), dim=-1)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.T
-        targets = _soft_targets([labels[i] for i in index.tolist()])
-        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        positives = _positives([image_tags[i] for i in index.tolist()], [c.tags for c in chosen])
+        loss = (F.cross_entropy(logits, _rows_sum_to_one(positives))
+                + F.cross_entropy(logits.T, _rows_sum_to_one(positives.T))) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -227,14 +264,63 @@ def train(args: TrainingArgs, *, log: Callable[[str], None] = print, force: bool
                           metrics=metrics)
 
 
-def _soft_targets(labels: list[str]) -> torch.Tensor:
-    """Rows of the contrastive target: every example with the same label is a positive.
+class _Batches:
+    """Random batches, optionally with near misses: for a share of the batch, an example that
+    shares a tag with another one in it but not its label (a red chair for a red mug).
 
-    With one label per product this is the usual identity target; in a catalog with many
-    "red mug"s it stops the loss from pushing identical products apart.
+    Random batches of a catalog with few tags rarely hold the pairs that differ in one
+    attribute only, yet those are what teach the model to tell the attributes apart.
     """
-    same = torch.tensor([[a == b for b in labels] for a in labels], dtype=torch.float32)
-    return same / same.sum(dim=1, keepdim=True)
+
+    def __init__(self, examples: Sequence[Example], size: int, near_misses: float, seed: int) -> None:
+        self.count, self.size = len(examples), size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.labels = [example.label for example in examples]
+        self.tags = [sorted(example.tags) for example in examples]
+        by_tag: dict[str, list[int]] = {}
+        for i, tags in enumerate(self.tags):
+            for tag in tags:
+                by_tag.setdefault(tag, []).append(i)
+        self.by_tag = by_tag
+        self.extra = min(size // 2, round(size * near_misses)) if by_tag else 0
+
+    def next(self) -> torch.Tensor:
+        index = torch.randperm(self.count, generator=self.generator)[:self.size - self.extra].tolist()
+        for anchor in index[:self.extra]:
+            index.append(self._near_miss(anchor))
+        return torch.tensor(index)
+
+    def _near_miss(self, anchor: int) -> int:
+        tags = self.tags[anchor] or [None]
+        for _ in range(8):  # a tag shared only by the same label has no near miss; give up soon
+            tag = tags[self._randint(len(tags))]
+            candidates = self.by_tag.get(tag, [])
+            if candidates:
+                other = candidates[self._randint(len(candidates))]
+                if self.labels[other] != self.labels[anchor]:
+                    return other
+        return self._randint(self.count)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+
+def _as_caption(text: str | Caption, label: str) -> Caption:
+    return text if isinstance(text, Caption) else Caption(text, frozenset({label}))
+
+
+def _positives(image_tags: list[frozenset[str]], caption_tags: list[frozenset[str]]) -> torch.Tensor:
+    """(images × captions) 1/0: a caption is a positive for every image that has all its tags.
+
+    With one label per product and plain captions this is the usual identity target; in a
+    catalog with many "red mug"s it stops the loss from pushing identical products apart.
+    """
+    return torch.tensor([[wanted <= tags for wanted in caption_tags] for tags in image_tags],
+                        dtype=torch.float32)
+
+
+def _rows_sum_to_one(positives: torch.Tensor) -> torch.Tensor:
+    return positives / positives.sum(dim=1, keepdim=True)
 
 
 def _cosine_with_warmup(warmup: int, steps: int) -> Callable[[int], float]:
@@ -251,17 +337,26 @@ def _save(output: Path, model: torch.nn.Module, model_cfg: dict, preprocess_cfg:
           args: TrainingArgs, metrics: dict, seconds: float, loss: float) -> None:
     from safetensors.torch import save_file
 
-    output.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and swapped in whole: a run killed half way never leaves
+    # weights and a config that disagree (the config's digest is what marks a valid cache).
+    staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     model.eval()
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(output / WEIGHTS_FILE))
+    save_file(state, str(staging / WEIGHTS_FILE))
     config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": preprocess_cfg,
         "clip_search_training": {"args": asdict(args), "digest": args.digest(), "metrics": metrics,
                                  "seconds": round(seconds, 1), "final_loss": loss},
     }
-    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _cached_result(output: Path, args: TrainingArgs) -> TrainingResult | None:

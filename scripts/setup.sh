@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Browser tests use Debian's chromium, never a browser downloaded by Playwright.
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+        || echo "setup: could not install chromium; browser tests will be skipped (or fail under CI)" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

@@ -32,6 +32,8 @@ def embedded_database_url() -> str:
 
 def database_config() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL") or embedded_database_url()
-    config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    # No persistent connections: runserver answers each request in a new thread, and each such
+    # thread would keep its own connection until PostgreSQL's 100 were gone (found under load).
+    config = dj_database_url.parse(url, conn_max_age=0)
     config.setdefault("TEST", {})
     return config

@@ -1,5 +1,6 @@
 """Settings of the demo shop: a small Django shop that uses clip_search as a real one would."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -71,6 +72,7 @@ CLIP_SEARCH = {
     # "ViT-B-32" and "laion2b_s34b_b79k", or its own fine-tuned local-dir:.
     "MODEL": os.environ.get("CLIP_SEARCH_MODEL", f"local-dir:{DATA_DIR / 'models' / 'demo-clip'}"),
     "PRETRAINED": os.environ.get("CLIP_SEARCH_PRETRAINED", ""),
+    "QUEUE": os.environ.get("CLIP_SEARCH_QUEUE", "clip_search"),
     "MODERATION": {
         "CATEGORIES": {
             "weapons": {
@@ -96,17 +98,22 @@ LOGGING = {
 _BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        "control_folder": str(_BROKER_DIR / "control"),  # default: ./control in the cwd
         "store_processed": False,
     }
 else:
     # Redis: an unacked task comes back after this long (default 1 h) if its worker died.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+    # A killed worker's unacknowledged task comes back once it is visibility_timeout old; kombu's
+    # Redis transport only looks every unacked_restore_throttle × 10 s (default 10 × 10 s).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 600)),
+        "unacked_restore_throttle": 1}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
@@ -117,4 +124,26 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "clip-search-sweep": {"task": "clip_search.sweep", "schedule": 300.0},
+}
+
+# The storefront REST API (clip_search.api, the "api" extra) and the demo storefront page at /.
+INSTALLED_APPS += ["django_filters", "drf_spectacular", "shop_demo.storefront"]
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # clip_search.api's throttle scopes: search and "more like this", and the stricter image search.
+    "DEFAULT_THROTTLE_RATES": {"clip_search": "120/min", "clip_search_image": "20/min"},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Demo shop API",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+if importlib.util.find_spec("drf_spectacular_sidecar"):  # Swagger UI served from here, not a CDN
+    INSTALLED_APPS += ["drf_spectacular_sidecar"]
+    SPECTACULAR_SETTINGS.update(SWAGGER_UI_DIST="SIDECAR", SWAGGER_UI_FAVICON_HREF="SIDECAR",
+                                REDOC_DIST="SIDECAR")
+# Which registered model the API serves, with the shop's own serializer and filters.
+CLIP_SEARCH_API = {
+    "MODEL": "catalog.product",
+    "SERIALIZER": "shop_demo.storefront.api.ProductSerializer",
+    "FILTERSET": "shop_demo.storefront.api.ProductFilterSet",
 }

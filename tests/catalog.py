@@ -1,25 +1,5 @@
-"""Fill the demo shop's tables from the drawn catalog (tests and the demo loader share it)."""
+"""Test helpers over the demo shop's own catalog loader."""
 
-from __future__ import annotations
+from shop_demo.catalog.loading import create_catalog, create_product
 
-from django.core.files.base import ContentFile
-
-from shop_demo.catalog.generator import CATEGORY_LABELS, ProductSpec, generate_catalog
-from shop_demo.catalog.models import Brand, Category, Product
-
-
-def create_product(spec: ProductSpec, *, image_size: int = 64, image: bytes | None = None) -> Product:
-    brand, _ = Brand.objects.get_or_create(name=spec.brand)
-    category, _ = Category.objects.get_or_create(
-        slug=spec.category, defaults={"name": CATEGORY_LABELS[spec.category]})
-    product = Product(title=spec.title, description=spec.description, sku=spec.sku, brand=brand,
-                      category=category, price=spec.price, in_stock=spec.in_stock, is_public=spec.is_public)
-    data = spec.png_bytes(image_size) if image is None else image
-    if data:
-        product.image.save(f"{spec.sku}.png", ContentFile(data), save=False)
-    product.save()
-    return product
-
-
-def create_catalog(n: int, seed: int = 7, **options) -> list[Product]:
-    return [create_product(spec, **options) for spec in generate_catalog(n, seed=seed)]
+__all__ = ["create_catalog", "create_product"]

@@ -28,3 +28,40 @@ def demo_clip(demo_model_dir):
     from clip_search.encoders import EncoderSpec, load_clip
 
     return load_clip(EncoderSpec(f"local-dir:{demo_model_dir}"))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium driven by Playwright (scripts/setup.sh installs it; nothing is downloaded)."""
+    import shutil
+
+    require(shutil.which("chromium") is not None or os.path.exists(CHROMIUM),
+            "Debian chromium is not installed (scripts/setup.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # still plain synchronous code, so Django's async-safety guard must not refuse them.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        yield browser
+        browser.close()
+        # While Playwright's loop runs, Django keys connections by context, not by thread:
+        # close the ones opened meanwhile, or the test database cannot be dropped.
+        from django.db import connections
+
+        connections.close_all()
+
+
+def assert_not_blank(png_path) -> None:
+    """A screenshot that shows something: more than a handful of distinct colours."""
+    from PIL import Image
+
+    with Image.open(png_path) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 50, f"{png_path} looks blank ({len(colours)} colours)"

@@ -7,7 +7,12 @@ from pathlib import Path
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from clip_search.checks import check_database, check_registrations, check_settings
+from clip_search.checks import (
+    check_database,
+    check_encoder_backends,
+    check_registrations,
+    check_settings,
+)
 from clip_search.registry import RegistrationError, registry
 from tests.conftest import require
 
@@ -18,7 +23,7 @@ def ids(messages):
     return [m.id for m in messages]
 
 
-def test_demo_project_checks_are_clean(db):
+def test_demo_project_checks_are_clean(db, demo_model_dir):
     assert [m for m in run_checks(include_deployment_checks=False) if m.id.startswith("clip_search")] == []
 
 
@@ -27,6 +32,20 @@ def test_invalid_settings_are_a_check_error_not_an_import_error():
         messages = check_settings()
     assert ids(messages) == ["clip_search.E001"]
     assert "RRF_K" in messages[0].msg
+
+
+def test_onnx_backend_without_onnxruntime_is_a_check_error(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # uninstalling a package is not possible here
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    with override_settings(CLIP_SEARCH={"TEXT_ENCODER": {"BACKEND": "onnx"}}):
+        messages = check_encoder_backends()
+    assert ids(messages) == ["clip_search.E005"]
+    assert "TEXT_ENCODER" in messages[0].msg
+    with override_settings(CLIP_SEARCH={"TEXT_ENCODER": {"BACKEND": "torch"}}):
+        assert check_encoder_backends() == []
 
 
 def test_registration_errors_are_reported(monkeypatch):

@@ -37,6 +37,8 @@ def test_moderation_categories_are_replaced_whole():
         ({"HNSW": {"M": 16, "EF_CONSTRUCTION": 8}}, "EF_CONSTRUCTION"),
         ({"MODERATION": {"CATEGORIES": {"x": {"PROMPTS": [], "THRESHOLD": 0.5}}}}, "['x']['PROMPTS']"),
         ({"SEARCH": {"ITERATIVE_SCAN": "yes"}}, "ITERATIVE_SCAN"),
+        ({"TEXT_ENCODER": {"BACKEND": "tensorrt"}}, "['TEXT_ENCODER']['BACKEND']"),
+        ({"IMAGE_ENCODER": {"THREADS": 0}}, "['IMAGE_ENCODER']['THREADS']"),
     ],
 )
 def test_invalid_settings_name_the_key(value, message):

@@ -142,3 +142,18 @@ def test_draft_decoding_keeps_at_least_the_asked_size():
     data = encode(Image.new("RGB", (2000, 1500), (90, 90, 90)), "JPEG")
     image = decode_image(data, draft_size=448)
     assert 448 <= min(image.size) < 1500
+
+
+def test_a_sliver_is_cut_to_its_middle_before_resizing(demo_clip):
+    """30000×10 px: stock would resize to 672000×224 first; ours never makes that image."""
+    from clip_search.encoders import ImageEncoder
+
+    sliver = Image.new("RGB", (30000, 10), (255, 255, 255))
+    sliver.paste((200, 20, 20), (14998, 0, 15002, 10))  # a red mark in the middle
+    encoder = ImageEncoder(demo_clip)
+    prepared = encoder._prepare(decode_image(encode(sliver, "PNG")))
+    assert prepared.shape[:2] == (encoder.input_size, encoder.input_size)
+    green = prepared[:, :, 1]
+    assert green.max() > 250 and green.min() < 100  # the middle: white around the red mark
+    result = encoder.encode_bytes([encode(sliver, "PNG")])[0]
+    assert result.error is None and abs(float((result.vector ** 2).sum()) - 1) < 1e-4

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from clip_search import sql
 from clip_search.expressions import cosine_distance
@@ -83,3 +83,43 @@ def test_only_one_active_encoder():
     EncoderModel.objects.create(name="a", fingerprint="a" * 64, dimension=4, is_active=True)
     with pytest.raises(IntegrityError), transaction.atomic():
         EncoderModel.objects.create(name="b", fingerprint="b" * 64, dimension=4, is_active=True)
+
+
+def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
+    from django.contrib.contenttypes.models import ContentType
+
+    encoder = EncoderModel.objects.create(name="ViT-B-32", pretrained="test", fingerprint="f" * 64,
+                                          dimension=512, is_active=True)
+    vectors = _fill(encoder, 3000)
+    sql.ensure_vector_index(encoder.pk, encoder.dimension)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE clip_search_embedding")
+    query = sql.FusedQuery(
+        content_type_id=ContentType.objects.get_for_model(Product).pk, encoder_id=encoder.pk,
+        dimension=512, base=None, exclude_pk=None, vector=vectors[42].tolist(), text="red mug",
+        exact_tokens=["red mug"], vector_statuses=["indexed"], text_statuses=["indexed"],
+        depth={"vector": 50, "fulltext": 50, "keyword": 50},
+        weights={"vector": 1, "fulltext": 1, "keyword": 1},
+        rrf_k=60, exact_boost=1.0, text_search_config="english", limit=10)
+    statement, params = sql.fused_statement(query)
+    # At 3,000 rows a sort can cost less than the index walk, so the planner may pick either.
+    # What this guards is the statement's shape: with sorting and sequential scans priced out,
+    # the index must be usable (operator, dimension cast and partial-index predicate all match).
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("EXPLAIN " + statement, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert sql.vector_index_name(encoder.pk) in plan, plan
+    hits = sql.fused_search(query)
+    assert hits[0].object_pk == "42" and hits[0].vector_rank == 1
+
+
+def test_deleting_an_encoder_drops_its_index():
+    encoder = EncoderModel.objects.create(name="m", fingerprint="c" * 64, dimension=8)
+    sql.ensure_vector_index(encoder.pk, encoder.dimension)
+    name = sql.vector_index_name(encoder.pk)
+    encoder.delete()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
+        assert cursor.fetchone() is None

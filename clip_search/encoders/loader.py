@@ -21,7 +21,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 RANDOM = "random"
-Towers = Literal["both", "text"]
+Towers = Literal["both", "text", "image"]
 
 
 class EncoderLoadError(RuntimeError):
@@ -73,7 +73,7 @@ class LoadedClip:
         return float(self.model.logit_scale.exp())
 
 
-def _validate_pair(spec: EncoderSpec) -> None:
+def validate_spec(spec: EncoderSpec) -> None:
     """Refuse a model name paired with weights trained for another activation (open_clip #771)."""
     import open_clip
 
@@ -148,12 +148,13 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
     """Create the model, load its weights, put it in eval mode with gradients off.
 
     ``towers="text"`` drops the image tower after loading, so the web process that only
-    encodes queries keeps the text tower in memory. The fingerprint is taken before that,
+    encodes queries keeps the text tower in memory; ``towers="image"`` drops the text tower
+    (image queries in the web process). The fingerprint is taken before that,
     over all weights, so web and worker processes agree on the encoder's identity.
     """
     import open_clip
 
-    _validate_pair(spec)
+    validate_spec(spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if spec.pretrained == RANDOM:
@@ -182,11 +183,21 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
     dimension = _embedding_dimension(model)
     if towers == "text":
         model.visual = None  # the web process encodes queries only
+    elif towers == "image":
+        _drop_text_tower(model)  # an image query in the web process needs no second text tower
     config = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
     logger.info("Loaded CLIP %s (%s), %s-d, fingerprint %s, towers=%s",
                 spec.model, spec.pretrained or "hub", dimension, fingerprint[:12], towers)
     return LoadedClip(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer,
                       fingerprint=fingerprint, dimension=dimension, towers=towers, config=config)
+
+
+def _drop_text_tower(model: torch.nn.Module) -> None:
+    if hasattr(model, "text"):  # CustomTextCLIP (e.g. hf-hub text towers) keeps it in one module
+        model.text = None
+        return
+    for name in ("transformer", "token_embedding", "ln_final", "positional_embedding", "text_projection"):
+        setattr(model, name, None)
 
 
 def _embedding_dimension(model: torch.nn.Module) -> int:

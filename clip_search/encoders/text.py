@@ -13,12 +13,14 @@ Backends (``backend=``), all measured against stock ``encode_text`` in
   can be quantised).
 - ``"onnx"``: the blocks as one lean ONNX Runtime graph (``clip_search.encoders.onnx_text``),
   fp32, or int8 with ``quantize=True`` (the fastest path for single queries on a CPU);
-  ``threads`` sets that session's intra-op threads without touching torch's.
+  ``threads`` sets that session's intra-op threads without touching torch's (default 2, or
+  1 on a single-core machine: measured fastest for one query, see bench/README.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,7 +39,7 @@ BACKENDS = ("torch", "onnx")
 
 class TextEncoder:
     def __init__(self, clip: LoadedClip, *, quantize: bool = False, cache_size: int = 2048,
-                 backend: str = "torch", threads: int = 1) -> None:
+                 backend: str = "torch", threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown text encoder backend {backend!r}: use one of {BACKENDS}.")
         model = clip.model
@@ -85,14 +87,14 @@ class TextEncoder:
         features = self._forward(tokens) if self.truncates else self.clip.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1).numpy()
 
-    def _onnx_transformer(self, model: torch.nn.Module, quantize: bool, threads: int):
+    def _onnx_transformer(self, model: torch.nn.Module, quantize: bool, threads: int | None):
         from clip_search.encoders.onnx_text import OnnxTextTower, UnsupportedTextTower
 
         if not self.truncates:
             logger.warning("ONNX text backend needs a causal text tower pooled at EOT; using torch.")
             return None
         try:
-            return OnnxTextTower(model, quantize=quantize, threads=threads)
+            return OnnxTextTower(model, quantize=quantize, threads=threads or min(2, os.cpu_count() or 1))
         except UnsupportedTextTower as error:
             logger.warning("ONNX text backend cannot rebuild this text tower (%s); using torch.", error)
             return None
@@ -179,13 +181,13 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
 
 class FusedTransformer(torch.nn.Module):
     """Drop-in for an open_clip ``Transformer`` built from ``FusedBlock`` copies: same call
-    (``forward(x, attn_mask=None)``; a causal tower applies its mask itself), same layout."""
+    (``forward(x, attn_mask=None)`` with ``x`` (N, L, D) whatever its blocks' internal layout,
+    as in open_clip ≥ 2.24; a causal tower applies its mask itself)."""
 
     def __init__(self, transformer: torch.nn.Module, *, causal: bool) -> None:
         import copy
 
         super().__init__()
-        self.batch_first = bool(getattr(transformer, "batch_first", True))
         self.resblocks = torch.nn.ModuleList(
             FusedBlock(copy.deepcopy(block), causal=causal) for block in transformer.resblocks)
         self.eval()
@@ -196,11 +198,9 @@ class FusedTransformer(torch.nn.Module):
         return bool(blocks) and all(FusedBlock.supports(block) for block in blocks)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.batch_first:
-            x = x.transpose(0, 1)
         for block in self.resblocks:
             x = block(x)
-        return x if self.batch_first else x.transpose(0, 1)
+        return x
 
 
 def quantized_transformer(transformer: torch.nn.Module, *, causal: bool) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from clip_search.admin import ClipSearchAdminMixin
 from shop_demo.catalog.models import Brand, Category, Product
 
 
@@ -15,8 +16,10 @@ class CategoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(ClipSearchAdminMixin, admin.ModelAdmin):
+    """The shop's own admin; the mixin adds hybrid search, image search, statuses and re-embedding."""
+
     list_display = ["title", "sku", "brand", "category", "price", "in_stock", "is_public"]
     list_filter = ["category", "brand", "in_stock", "is_public"]
-    search_fields = ["title", "sku", "brand__name"]
+    search_fields = ["title", "sku", "brand__name"]  # the fallback when nothing is indexed
     autocomplete_fields = ["brand", "category"]

@@ -385,6 +385,12 @@ def _nouns(category: str, seed: int) -> tuple[str, ...]:
     return _KNIFE_NOUNS[knife_style(seed)] if category == "knife" else _VOCAB[category].nouns
 
 
+def category_nouns(spec: ProductSpec) -> tuple[str, ...]:
+    """Words for what ``spec`` is, the plain category slug first ("knife", not "chef's knife")."""
+    nouns = _nouns(spec.category, spec.seed)
+    return (spec.category, *(noun for noun in nouns if noun != spec.category))
+
+
 def _texts(rng: random.Random, brand: str, colour: str, category: str, seed: int) -> tuple[str, str]:
     vocab = _VOCAB[category]
     noun = rng.choice(_nouns(category, seed))

@@ -1,0 +1,184 @@
+"""Reindex throughput: ``clip_reindex`` inline and ``--async`` on 2 workers vs model-only vs naive.
+
+    cd /work/main && PYTHONPATH=. .venv/bin/python bench/reindex.py [--products 256] [--model demo|vit-b-32]
+
+Same images, same run, in a throwaway test database on the embedded PostgreSQL:
+- naive: one product at a time — Pillow decode, stock ``preprocess``, ``encode_image`` of a
+  batch of one, one ORM write (what a first version would do);
+- model only: the already preprocessed tensors through the image tower, batch 32 (the ceiling);
+- ``clip_reindex --force`` inline: bytes from storage → safe decode → preprocess → encode →
+  moderation → one upsert per product, batch 32;
+- ``clip_reindex --async --force`` with 2 Celery worker processes (1 torch thread each) on the
+  Redis at 127.0.0.1:6379, or skipped when there is none.
+Images: photo-like JPEGs, 1000–2000 px (``_util.product_jpegs``), as shops upload them.
+``--model vit-b-32`` uses the real ViT-B-32 architecture with random weights (speed does not
+depend on the values); ``demo`` the project's small trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _util  # noqa: E402
+
+
+def configure(model: str) -> None:
+    if model == "vit-b-32":
+        os.environ["CLIP_SEARCH_MODEL"], os.environ["CLIP_SEARCH_PRETRAINED"] = "ViT-B-32", "random"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop_demo.settings")
+    import django
+
+    django.setup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=256)
+    parser.add_argument("--model", choices=["demo", "vit-b-32"], default="demo")
+    args = parser.parse_args()
+    configure(args.model)
+    import logging
+    import shutil
+    import tempfile
+
+    logging.getLogger("clip_search").setLevel(logging.WARNING)
+    from django.test.utils import setup_databases, teardown_databases
+
+    media = Path(tempfile.mkdtemp(prefix="clip-bench-media-"))
+    from django.conf import settings
+
+    settings.MEDIA_ROOT = media
+    databases = setup_databases(verbosity=0, interactive=False)
+    try:
+        run(args, media)
+    finally:
+        teardown_databases(databases, verbosity=0)
+        shutil.rmtree(media, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, media: Path) -> None:
+    import torch
+    from django.core.files.base import ContentFile
+    from django.core.management import call_command
+    from PIL import Image
+
+    from clip_search.indexing import pipeline_for, register_encoder
+    from clip_search.models import Embedding
+    from clip_search.registry import registry
+    from clip_search.signals import disconnect_registration
+    from shop_demo.catalog.generator import generate_catalog
+    from shop_demo.catalog.loading import create_product
+    from shop_demo.catalog.models import Product
+
+    print(f"# reindex throughput, {args.products} products, model {args.model}; {_util.machine()}")
+    if args.model == "demo" and "CLIP_SEARCH_MODEL" not in os.environ:
+        from clip_search.training import train
+        from shop_demo.catalog.training import demo_training_args
+
+        train(demo_training_args(), log=lambda line: None)  # cached after the first time
+    blobs = _util.product_jpegs(args.products, seed=5)
+    registration = registry.get(Product)
+    disconnect_registration(registration)  # an import: no signals, reindex does the work
+    products = []
+    for spec, blob in zip(generate_catalog(args.products, seed=5), blobs, strict=True):
+        product = create_product(spec, image=b"")
+        product.image.save(f"{spec.sku}.jpg", ContentFile(blob), save=True)
+        products.append(product)
+    encoder = register_encoder()
+    pipeline = pipeline_for(encoder)
+    clip = pipeline.images.clip
+    print(f"catalog: {len(products)} JPEGs, {sum(map(len, blobs)) / len(blobs) / 1024:.0f} kB avg; "
+          f"image encoder backend={pipeline.images.backend} quantized={pipeline.images.quantized}")
+
+    figures: dict[str, float] = {}
+
+    # Naive: one at a time, stock preprocessing, one write each.
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for product in products:
+            image = Image.open(io.BytesIO(product.image.open("rb").read())).convert("RGB")
+            vector = clip.model.encode_image(clip.preprocess(image).unsqueeze(0))
+            vector = torch.nn.functional.normalize(vector, dim=-1)[0].numpy()
+            Embedding.objects.update_or_create(
+                content_type_id=_content_type(Product), object_pk=str(product.pk), encoder=encoder,
+                defaults={"vector": vector.tolist(), "status": Embedding.Status.INDEXED})
+    figures["naive loop (1 at a time)"] = len(products) / (time.perf_counter() - started)
+    Embedding.objects.all().delete()
+
+    # Model only: preprocessed tensors, batch 32, the same encoder the pipeline uses.
+    images = pipeline.images
+    tensors = [images.preprocess([images.decode(blob)]) for blob in blobs]
+    started = time.perf_counter()
+    for start in range(0, len(tensors), images.batch_size):
+        images.encode_tensor(torch.cat(tensors[start:start + images.batch_size]))
+    figures["model only (batch 32)"] = len(products) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    call_command("clip_reindex", "--force", stdout=io.StringIO(), stderr=io.StringIO())
+    figures["clip_reindex inline"] = len(products) / (time.perf_counter() - started)
+    assert Embedding.objects.filter(status__in=["indexed", "flagged"]).count() == len(products)
+
+    asynchronous = _async_with_two_workers(products, media)
+    if asynchronous:
+        figures["clip_reindex --async, 2 workers"] = asynchronous
+
+    base = figures["naive loop (1 at a time)"]
+    model = figures["model only (batch 32)"]
+    print("\n| path | products/s | × naive | % of model-only |\n|---|---:|---:|---:|")
+    for name, rate in figures.items():
+        print(f"| {name} | {rate:.2f} | {rate / base:.2f} | {100 * rate / model:.0f} % |")
+
+
+def _content_type(model) -> int:
+    from django.contrib.contenttypes.models import ContentType
+
+    return ContentType.objects.get_for_model(model).pk
+
+
+def _async_with_two_workers(products, media: Path) -> float | None:
+    import subprocess
+
+    from clip_search.models import Embedding
+    from tests.broker import SHARED_REDIS, Worker, port_open, process_env, unique_queue
+
+    if not port_open(*SHARED_REDIS):
+        print("(no Redis on 127.0.0.1:6379: --async skipped)")
+        return None
+    import tempfile
+
+    broker, queue = "redis://127.0.0.1:6379/0", unique_queue()
+    logs = Path(tempfile.mkdtemp(prefix="clip-bench-workers-"))
+    env = {"OMP_NUM_THREADS": "1", "CLIP_SEARCH_MODEL": os.environ.get("CLIP_SEARCH_MODEL", ""),
+           "CLIP_SEARCH_PRETRAINED": os.environ.get("CLIP_SEARCH_PRETRAINED", "")}
+    env = {k: v for k, v in env.items() if v}
+    workers = [Worker(logs / f"w{i}.log", broker_url=broker, queue=queue, media_root=media, **env).start()
+               for i in range(2)]
+    try:
+        Embedding.objects.all().delete()
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "manage.py", "clip_reindex", "--async", "--force", "--timeout", "900"],
+            cwd=ROOT, env=process_env(broker_url=broker, queue=queue, media_root=media, **env),
+            capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if result.returncode != 0:
+            print(f"--async failed:\n{result.stdout}\n{result.stderr[-2000:]}")
+            return None
+        print(result.stdout.strip().splitlines()[-1])
+        return len(products) / elapsed
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1055 @@
+"""Hybrid search at catalog scale: latency, recall, the DRF endpoint and web-process memory.
+
+    cd /work/main && PYTHONPATH=. nice -n 19 .venv/bin/python bench/search_scale.py \
+        [--products 200000] [--queries 200] [--clients 4] [--explain] [--keep | --reuse DB]
+
+One run, in a throwaway test database on the embedded PostgreSQL (or ``DATABASE_URL``'s server),
+named ``test_clip_search_scale_<pid>`` so it never collides with a test run's ``test_postgres``:
+
+1. Load: Brand and Category rows, then ``--products`` Product rows and their Embedding rows
+   through PostgreSQL COPY (psycopg 3 ``cursor.copy``): product texts from the demo generator's
+   vocabulary (no image is drawn, products have no image file); brands skewed so that one brand
+   is exactly 1 % and one 10 % of the catalog (the selective filters). Vectors: 512-d, one of
+   440 cluster centres — the ViT-B-32 text vector of "a photo of a {colour} {noun}" per
+   (category, colour, noun), so text queries land in the data's own space and a category filter
+   correlates with the query — plus Gaussian noise (norm 0.3–0.5 per cluster), L2-normalised.
+   The vectors are COPY'd (binary) into a staging table and inserted with the stored full-text
+   document, keywords and keyword tokens computed in SQL exactly as
+   ``indexing.document_fields`` builds them (checked on a sample). EncoderModel: ViT-B-32 with
+   random weights (``CLIP_SEARCH_MODEL=ViT-B-32``, ``CLIP_SEARCH_PRETRAINED=random``), active.
+   Then ``sql.ensure_vector_index`` is timed; index and table sizes are printed.
+2. Latency of the library call ``search(queryset, text=q)`` plus fetching the first page of 24
+   products (what a view does), per scope (no filter, the storefront's ``is_public``, brand 10 %,
+   brand 1 %, one category ≈ 9 % with queries about that category): each leg alone (the other
+   weights 0) and the three fused, with the query vector precomputed (database and ORM only),
+   then fused with the text encoded per call by the torch default and by ONNX int8
+   (``TEXT_ENCODER = {"BACKEND": "onnx", "QUANTIZE": True}``), uncached (every query is new to
+   the process, and the encoder's LRU cache is cleared before each call anyway). Variants run
+   interleaved query by query, so a noisy shared VM slows all of them alike.
+3. Recall@10 of the vector leg (``search()`` with the other legs' weights at 0) against an exact
+   numpy scan over the stored vectors, per scope (ties within 1e-6 count as hits).
+4. The DRF endpoint ``GET /api/v1/search/?q=…`` (clip_search.api, the demo's FilterSet) served by
+   ``manage.py runserver --noreload`` against the bench database, hit by 1 and ``--clients``
+   concurrent keep-alive clients with new queries, torch and ONNX int8 text backends; the
+   server's throttle rate is raised for the run (one client IP sends hundreds of queries).
+5. Memory of a fresh process that loads only the text tower (``get_text_encoder``) and answers a
+   query, per backend, against one that loads both towers; the image tower must be absent.
+
+``--keep`` leaves the database (its name is printed) and ``--reuse NAME`` runs steps 2–5 on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http.client import HTTPConnection
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _util  # noqa: E402
+
+DIMENSION = 512
+PAGE_SIZE = 24  # the API's default page: the library timings fetch the same
+RARE_BRAND, COMMON_BRAND = "Halden", "Kestrel"  # exactly 1 % and 10 % of the products
+BRAND_SHARES = {RARE_BRAND: 0.01, COMMON_BRAND: 0.10}  # the other ten brands share the rest
+SCOPE_ALL, SCOPE_RARE = "no filter", "brand 1 %"
+FILTER_CATEGORY = "mug"  # the correlated filter: ≈ 1/11 of the products, queries about mugs
+NOISE = (0.3, 0.5)  # per-cluster norm of the Gaussian noise added to a centre
+SKU_QUERY_SHARE = 0.05
+SHALLOW = {"vector": 100}  # a per-call depth: search() then sets hnsw.ef_search 100 instead of 200
+TIE = 1e-6  # cosine distance within which an ANN hit ties with the exact 10th
+TARGET_API_P95_MS = 40.0
+TARGET_RECALL, TARGET_RECALL_1PCT = 0.95, 0.90
+ONNX_INT8 = {"BACKEND": "onnx", "QUANTIZE": True}
+
+
+STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A line on stderr (the tables go to stdout): where a long run is."""
+    print(f"[{time.perf_counter() - STARTED:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def configure() -> None:
+    os.environ["CLIP_SEARCH_MODEL"], os.environ["CLIP_SEARCH_PRETRAINED"] = "ViT-B-32", "random"
+    os.environ.setdefault("DJANGO_DEBUG", "0")  # DEBUG would record every query
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop_demo.settings")
+    import django
+
+    django.setup()
+    logging.getLogger("clip_search").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=150, help="timed queries per scope and variant")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent API clients (also 1)")
+    parser.add_argument("--api-requests", type=int, default=160, help="requests per API row")
+    parser.add_argument("--maintenance-work-mem", default="1GB",
+                        help="for the HNSW build ('' keeps the server's setting)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each scope")
+    parser.add_argument("--skip", action="append", choices=["api", "memory"], default=[],
+                        help="leave out the DRF endpoint or the memory probes (repeatable)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--keep", action="store_true", help="keep the bench database")
+    group.add_argument("--reuse", metavar="NAME", help="use a database kept by --keep (skip loading)")
+    parser.add_argument("--probe-memory", choices=["torch", "onnx", "both"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe_memory:
+        probe_memory(args.probe_memory)
+        return
+    configure()
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    started = time.perf_counter()
+    print(f"# clip_search at catalog scale — {_util.machine()}; load average "
+          f"{os.getloadavg()[0]:.1f} at start (other processes share these cores)")
+    databases = None
+    if args.reuse:
+        connection.settings_dict["NAME"] = settings.DATABASES["default"]["NAME"] = args.reuse
+    else:
+        settings.DATABASES["default"]["TEST"]["NAME"] = f"test_clip_search_scale_{os.getpid()}"
+        databases = setup_databases(verbosity=0, interactive=False)
+    try:
+        run(args)
+    finally:
+        name = connection.settings_dict["NAME"]
+        if databases is not None and not args.keep:
+            teardown_databases(databases, verbosity=0)
+        elif databases is not None:
+            print(f"# kept database {name}: --reuse {name}; drop it with DROP DATABASE {name}")
+    print(f"# wall time {time.perf_counter() - started:.0f} s")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> None:
+    from clip_search.indexing import register_encoder
+    from clip_search.models import EncoderModel
+
+    rng = random.Random(args.seed)
+    if args.reuse:
+        encoder = EncoderModel.objects.get(is_active=True)
+        torch_encoder, onnx_encoder = text_encoders(encoder)
+    else:
+        encoder = register_encoder()  # ViT-B-32, random weights; its index is built after the load
+        drop_vector_index(encoder)
+        torch_encoder, onnx_encoder = text_encoders(encoder)
+        progress(f"loading {args.products} products")
+        load_catalog(args.products, args.seed, encoder, torch_encoder)
+        progress("building the HNSW index")
+        build_index(encoder, args.maintenance_work_mem)
+    catalog = Catalog.read(encoder)
+    print(f"\ncatalog: {catalog.size} products, {len(catalog.brands)} brands, "
+          f"{len(catalog.categories)} categories; {catalog.embeddings} embedding rows")
+    pool = QueryPool(rng, catalog)
+    scopes = catalog.scopes()
+    vectors = Precomputed(torch_encoder)
+    library = {scope.name: pool.take(args.queries, scope.category) for scope in scopes}
+    vectors.add([q for queries in library.values() for q in queries])
+
+    latency = library_latency(scopes, library, vectors, torch_encoder, onnx_encoder)
+    recall = vector_recall(scopes, library, vectors, catalog)
+    explain_scopes(scopes, library, vectors, verbose=args.explain)
+    api = api_latency(args, catalog, pool) if "api" not in args.skip else []
+    memory = memory_probes() if "memory" not in args.skip else {}
+    summary(latency, recall, api, memory)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def catalog_rows(n: int, seed: int, brand_ids: dict[str, int], category_ids: dict[str, int]):
+    """Product rows (COPY order) and each product's cluster centre, deterministic in (n, seed).
+
+    Texts and prices follow the demo generator's rules (its ``_texts`` and price ranges:
+    ``generate_catalog`` itself picks brands uniformly, and the filters need exact shares).
+    """
+    import numpy as np
+
+    from shop_demo.catalog import generator
+
+    rng = random.Random(seed)
+    brands = [brand for brand, share in BRAND_SHARES.items() for _ in range(round(n * share))]
+    others = [brand for brand in generator.BRANDS if brand not in BRAND_SHARES]
+    brands += [others[i % len(others)] for i in range(n - len(brands))]
+    rng.shuffle(brands)
+    now = _now()
+    rows, centres = [], np.empty(n, dtype=np.int32)
+    for i, brand in enumerate(brands):
+        category = rng.choice(generator.CATEGORIES)
+        colour = rng.choice(list(generator.COLOURS))
+        product_seed = rng.getrandbits(31)
+        title, description = generator._texts(random.Random(product_seed ^ 0x5EED), brand, colour,
+                                              category, product_seed)
+        low, high = generator._VOCAB[category].price_range
+        price = (Decimal(rng.randint(low, high - 1)) + rng.choice(generator._PRICE_ENDINGS))
+        sku = f"{generator.BRAND_CODES[brand]}-{generator.CATEGORY_CODES[category]}-{i + 1:06d}"
+        rows.append((i + 1, title, description, sku, brand_ids[brand], category_ids[category],
+                     price, rng.random() < 0.90, rng.random() < 0.97, "", now))
+        centres[i] = centre_index(category, colour, product_seed % 4)
+    return rows, centres
+
+
+def centre_texts() -> list[str]:
+    from shop_demo.catalog.generator import _VOCAB, CATEGORIES, COLOURS
+
+    return [f"a photo of {'an' if colour[0] in 'aeiou' else 'a'} {colour} {noun}"
+            for category in CATEGORIES for colour in COLOURS for noun in _VOCAB[category].nouns]
+
+
+def centre_index(category: str, colour: str, noun: int) -> int:
+    from shop_demo.catalog.generator import CATEGORIES, COLOURS
+
+    return (CATEGORIES.index(category) * len(COLOURS) + list(COLOURS).index(colour)) * 4 + noun
+
+
+def cluster_vectors(centres, centre_ids, noise, rng):
+    """Unit vectors: the product's centre plus Gaussian noise of its cluster's norm."""
+    import numpy as np
+
+    jitter = rng.standard_normal((len(centre_ids), DIMENSION), dtype=np.float32) / np.sqrt(DIMENSION)
+    vectors = centres[centre_ids] + noise[centre_ids, None] * jitter
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def load_catalog(n: int, seed: int, encoder, text_encoder) -> None:
+    import numpy as np
+    from django.contrib.contenttypes.models import ContentType
+    from pgvector.psycopg import register_vector
+
+    from clip_search.conf import clip_settings
+    from shop_demo.catalog.generator import BRANDS, CATEGORY_LABELS
+    from shop_demo.catalog.models import Brand, Category, Product
+
+    timings = {}
+    started = time.perf_counter()
+    brand_ids = {b.name: b.pk for b in Brand.objects.bulk_create(Brand(name=name) for name in BRANDS)}
+    category_ids = {c.slug: c.pk for c in Category.objects.bulk_create(
+        Category(slug=slug, name=label) for slug, label in CATEGORY_LABELS.items())}
+    rows, centre_ids = catalog_rows(n, seed, brand_ids, category_ids)
+    texts = centre_texts()
+    centres = np.concatenate([text_encoder.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+    noise = np.random.default_rng(seed).uniform(*NOISE, len(texts)).astype(np.float32)
+    timings["generate rows + encode 440 centres"] = time.perf_counter() - started
+
+    with raw_connection() as raw:
+        register_vector(raw)
+        with raw.cursor() as cursor:
+            started = time.perf_counter()
+            with cursor.copy("COPY catalog_product (id, title, description, sku, brand_id, category_id, "
+                             "price, in_stock, is_public, image, created_at) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute("SELECT setval(pg_get_serial_sequence('catalog_product', 'id'), %s)", [n])
+            timings["COPY products"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            cursor.execute("CREATE TEMP TABLE bench_vectors (product_id bigint, vector vector) "
+                           "ON COMMIT DROP")
+            rng = np.random.default_rng(seed + 1)
+            with cursor.copy("COPY bench_vectors FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "vector"])
+                for start in range(0, n, 10_000):
+                    chunk = cluster_vectors(centres, centre_ids[start:start + 10_000], noise, rng)
+                    for offset, vector in enumerate(chunk):
+                        copy.write_row((start + offset + 1, vector))
+            timings["COPY vectors (binary, staging table)"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            cursor.execute(EMBEDDING_INSERT, {
+                "content_type": ContentType.objects.get_for_model(Product, for_concrete_model=False).pk,
+                "encoder": encoder.pk, "config": clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]})
+            timings["INSERT embeddings: documents, keywords (+ GIN, btree)"] = time.perf_counter() - started
+        raw.commit()
+        started = time.perf_counter()
+        raw.autocommit = True
+        raw.execute("VACUUM ANALYZE catalog_product")
+        raw.execute("VACUUM ANALYZE clip_search_embedding")
+        timings["VACUUM ANALYZE"] = time.perf_counter() - started
+    check_documents(encoder)
+    print(f"\n## Load: {n} products\n\n| step | s |\n|---|---:|")
+    for step, seconds in timings.items():
+        print(f"| {step} | {seconds:.1f} |")
+    print(f"| total | {sum(timings.values()):.1f} |")
+
+
+# The stored document and keywords, as indexing.document_fields builds them for the demo's
+# registration: text=["title", "description", "category__name"] (weights A, B, C),
+# keywords=["sku", "brand__name"]; source_digest over (image name, texts, keyword text).
+EMBEDDING_INSERT = """
+INSERT INTO clip_search_embedding (
+    content_type_id, object_pk, encoder_id, vector, image_sha256, image_name, status,
+    moderation_scores, error, attempts, stale, search_document, keywords, keyword_tokens,
+    source_digest, created_at, updated_at, embedded_at)
+SELECT %(content_type)s, p.id::text, %(encoder)s, s.vector, encode(sha256(p.sku::bytea), 'hex'), '',
+       'indexed', '{}', '', 0, false,
+       setweight(to_tsvector(%(config)s::regconfig, p.title), 'A')
+         || setweight(to_tsvector(%(config)s::regconfig, p.description), 'B')
+         || setweight(to_tsvector(%(config)s::regconfig, c.name), 'C'),
+       lower(p.sku || ' ' || b.name), ARRAY[lower(p.sku), lower(b.name)]::varchar[],
+       encode(sha256(convert_to(concat_ws(E'\\x1f', '', p.title, p.description, c.name,
+                                          p.sku || ' ' || b.name), 'UTF8')), 'hex'),
+       now(), now(), now()
+FROM bench_vectors s
+JOIN catalog_product p ON p.id = s.product_id
+JOIN catalog_brand b ON b.id = p.brand_id
+JOIN catalog_category c ON c.id = p.category_id
+"""
+
+
+def check_documents(encoder, sample: int = 20) -> None:
+    """The SQL-built rows equal what ``indexing.document_fields`` writes for the same products."""
+    from clip_search.indexing import document_fields
+    from clip_search.models import Embedding
+    from clip_search.registry import registry
+    from shop_demo.catalog.models import Product
+
+    registration = registry.get(Product)
+    products = Product.objects.select_related("brand", "category").order_by("?")[:sample]
+    for product in products:
+        expected = document_fields(registration, product)
+        row = (Embedding.objects.filter(object_pk=str(product.pk), encoder=encoder)
+               .annotate(expected_document=expected["search_document"]).get())
+        assert row.search_document == row.expected_document, (row.search_document, row.expected_document)
+        assert (row.keywords, row.keyword_tokens, row.source_digest) == (
+            expected["keywords"], expected["keyword_tokens"], expected["source_digest"]), product.pk
+
+
+@dataclass
+class Scope:
+    name: str
+    share: float
+    queryset: Callable  # () -> a fresh Product queryset
+    mask: Callable  # (Catalog) -> bool array over Catalog.ids: the products the scope allows
+    category: str | None = None  # queries about this category only
+    api_params: dict | None = None  # the same filter through the API's FilterSet
+
+
+@dataclass
+class Catalog:
+    size: int
+    embeddings: int
+    brands: dict[str, int]
+    categories: dict[str, int]
+    skus: list[str]
+    arrays: dict = field(default_factory=dict)  # id, brand, category, public, vector (numpy)
+
+    @classmethod
+    def read(cls, encoder) -> Catalog:
+        from clip_search.models import Embedding
+        from shop_demo.catalog.models import Brand, Category, Product
+
+        return cls(size=Product.objects.count(), embeddings=Embedding.objects.filter(encoder=encoder).count(),
+                   brands=dict(Brand.objects.values_list("name", "pk")),
+                   categories=dict(Category.objects.values_list("slug", "pk")),
+                   skus=list(Product.objects.order_by("pk").values_list("sku", flat=True)[:50_000]))
+
+    def share(self, **filters) -> float:
+        from shop_demo.catalog.models import Product
+
+        return Product.objects.filter(**filters).count() / self.size
+
+    def scopes(self) -> list[Scope]:
+        from shop_demo.catalog.models import Product
+
+        rare, common = self.brands[RARE_BRAND], self.brands[COMMON_BRAND]
+        category = self.categories[FILTER_CATEGORY]
+        return [
+            Scope(SCOPE_ALL, 1.0, lambda: Product.objects.all(), lambda c: c.arrays["id"] > 0),
+            Scope("storefront: is_public", self.share(is_public=True),
+                  lambda: Product.objects.filter(is_public=True), lambda c: c.arrays["public"],
+                  api_params={}),
+            Scope("brand 10 %", self.share(brand_id=common), lambda: Product.objects.filter(brand_id=common),
+                  lambda c: c.arrays["brand"] == common),
+            Scope(SCOPE_RARE, self.share(brand_id=rare), lambda: Product.objects.filter(brand_id=rare),
+                  lambda c: c.arrays["brand"] == rare, api_params={"brand": RARE_BRAND.lower()}),
+            Scope(f"category {FILTER_CATEGORY} (correlated)", self.share(category_id=category),
+                  lambda: Product.objects.filter(category_id=category),
+                  lambda c: c.arrays["category"] == category, category=FILTER_CATEGORY),
+        ]
+
+    def load_arrays(self, encoder) -> None:
+        """Every stored vector (as written) and the filter columns, aligned by product id."""
+        import numpy as np
+        from pgvector.psycopg import register_vector
+
+        with raw_connection() as raw:
+            register_vector(raw)
+            with raw.cursor(binary=True) as cursor:
+                cursor.execute("SELECT e.object_pk::bigint, p.brand_id, p.category_id, p.is_public, e.vector "
+                               "FROM clip_search_embedding e "
+                               "JOIN catalog_product p ON p.id = e.object_pk::bigint "
+                               "WHERE e.encoder_id = %s AND e.status = 'indexed' ORDER BY 1", [encoder.pk])
+                rows = cursor.fetchall()
+        self.arrays = {
+            "id": np.array([r[0] for r in rows]), "brand": np.array([r[1] for r in rows]),
+            "category": np.array([r[2] for r in rows]), "public": np.array([r[3] for r in rows]),
+            "vector": np.stack([r[4].to_numpy() for r in rows]).astype(np.float32),
+        }
+
+
+class QueryPool:
+    """Distinct shopper queries from the generator's vocabulary (and 5 % real SKUs), never reused."""
+
+    def __init__(self, rng: random.Random, catalog: Catalog) -> None:
+        self.rng, self.catalog, self.used = rng, catalog, set()
+
+    def take(self, count: int, category: str | None = None) -> list[str]:
+        from shop_demo.catalog.generator import _VOCAB, BRANDS, CATEGORIES, COLOURS
+
+        queries: list[str] = []
+        for _attempt in range(count * 200):
+            if len(queries) == count:
+                return queries
+            rng = self.rng
+            if rng.random() < SKU_QUERY_SHARE and category is None:
+                query = rng.choice(self.catalog.skus)
+            else:
+                vocab = _VOCAB[category or rng.choice(CATEGORIES)]
+                noun, adjective = rng.choice(vocab.nouns), rng.choice(vocab.adjectives)
+                colour, brand = rng.choice(list(COLOURS)), rng.choice(BRANDS)
+                query = rng.choice([f"{colour} {noun}", f"{adjective} {colour} {noun}", f"{brand} {noun}",
+                                    f"{brand} {colour} {noun}", f"{adjective} {noun}",
+                                    f"{colour} {adjective} {noun} by {brand}"]).lower()
+            if query not in self.used:
+                self.used.add(query)
+                queries.append(query)
+        raise RuntimeError(f"ran out of distinct queries ({len(self.used)} used)")
+
+
+# --------------------------------------------------------------------------- database helpers
+
+
+@contextmanager
+def raw_connection():
+    """A psycopg connection of its own to the bench database (COPY, binary reads)."""
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    params = {"dbname": settings["NAME"], "user": settings["USER"], "password": settings["PASSWORD"],
+              "host": settings["HOST"] or settings["OPTIONS"].get("host"), "port": settings["PORT"]}
+    raw = psycopg.connect(**{key: value for key, value in params.items() if value})
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
+def database_url() -> str:
+    """A DATABASE_URL for the bench database (what the live server connects to)."""
+    from django.db import connection
+
+    from shop_demo.embedded_db import embedded_database_url
+
+    parts = urllib.parse.urlsplit(os.environ.get("DATABASE_URL") or embedded_database_url())
+    return urllib.parse.urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+def drop_vector_index(encoder) -> None:
+    from clip_search import sql
+
+    sql.drop_vector_index(encoder.pk)  # register_encoder made it on the empty table
+
+
+def build_index(encoder, maintenance_work_mem: str) -> None:
+    from django.db import connection
+
+    from clip_search import sql
+    from clip_search.conf import clip_settings
+    from clip_search.models import Embedding
+
+    with connection.cursor() as cursor:
+        if maintenance_work_mem:
+            cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+        cursor.execute("SHOW maintenance_work_mem")
+        memory = cursor.fetchone()[0]
+        cursor.execute("SHOW max_parallel_maintenance_workers")
+        workers = cursor.fetchone()[0]
+        started = time.perf_counter()
+        assert sql.ensure_vector_index(encoder.pk, encoder.dimension)
+        elapsed = time.perf_counter() - started
+        cursor.execute("RESET maintenance_work_mem")
+        names = [sql.vector_index_name(encoder.pk)] + [index.name for index in Embedding._meta.indexes] + [
+            constraint.name for constraint in Embedding._meta.constraints]
+        cursor.execute("SELECT relname, am.amname, pg_relation_size(c.oid) FROM pg_class c "
+                       "JOIN pg_am am ON am.oid = c.relam WHERE relname = ANY(%s)", [names])
+        sizes = {name: (method, size) for name, method, size in cursor.fetchall()}
+        cursor.execute("SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid), "
+                       "pg_total_relation_size(oid) FROM pg_class WHERE relname = 'clip_search_embedding'")
+        heap, toast, total = cursor.fetchone()
+    hnsw = clip_settings.HNSW
+    print(f"\n## Vector index: HNSW m={hnsw['M']} ef_construction={hnsw['EF_CONSTRUCTION']}, "
+          f"maintenance_work_mem={memory}, max_parallel_maintenance_workers={workers}\n")
+    print(f"build time (sql.ensure_vector_index): {elapsed:.1f} s\n")
+    print("| relation | kind | MB |\n|---|---|---:|")
+    for name in names:
+        method, size = sizes[name]
+        print(f"| {name} | {method} | {size / 2**20:.1f} |")
+    print(f"| clip_search_embedding heap | table | {heap / 2**20:.1f} |")
+    print(f"| clip_search_embedding TOAST (vectors are > 2 kB) | toast | {toast / 2**20:.1f} |")
+    print(f"| clip_search_embedding total | | {total / 2**20:.1f} |")
+
+
+# --------------------------------------------------------------------------- text encoders
+
+
+def text_encoders(encoder):
+    """The torch default and ONNX int8 query encoders the process would build from settings."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from clip_search.encoders import get_clip, text_encoder_for
+    from clip_search.indexing import spec_for
+
+    clip = get_clip(spec_for(encoder))
+    torch_encoder = text_encoder_for(clip)
+    with override_settings(CLIP_SEARCH={**settings.CLIP_SEARCH, "TEXT_ENCODER": ONNX_INT8}):
+        onnx_encoder = text_encoder_for(clip)
+    assert torch_encoder.backend == "torch"
+    assert (onnx_encoder.backend, onnx_encoder.quantized) == ("onnx", True)
+    return torch_encoder, onnx_encoder
+
+
+class Precomputed:
+    """Stands in for the text encoder with vectors computed beforehand (torch, exact): timing
+    the database and ORM alone, and the same query vector for the ANN and the exact scan."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.clip, self.vectors = encoder, encoder.clip, {}
+
+    def add(self, queries: list[str], batch: int = 64) -> None:
+        for start in range(0, len(queries), batch):
+            chunk = queries[start:start + batch]
+            self.vectors.update(zip(chunk, self.encoder.encode(chunk), strict=True))
+
+    def encode(self, texts):
+        import numpy as np
+
+        return np.stack([self.vectors[text] for text in texts])
+
+    def cache_clear(self) -> None:
+        pass
+
+
+@contextmanager
+def query_encoder(encoder, threads: int | None = None):
+    """Make ``encoder`` what ``search()`` gets from ``clip_search.encoders.get_text_encoder``
+    (``threads``: torch intra-op threads meanwhile, like ``CLIP_SEARCH["THREADS"]``)."""
+    import torch
+
+    from clip_search import encoders
+
+    encoder.cache_clear()  # uncached: search() encodes every call (and must not hit a cache)
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
+    try:
+        with mock.patch.object(encoders, "get_text_encoder", lambda spec=None: encoder):
+            yield
+    finally:
+        torch.set_num_threads(default)
+
+
+# --------------------------------------------------------------------------- latency
+
+
+LEGS_ALONE = {"vector": {"fulltext": 0, "keyword": 0}, "full-text": {"vector": 0, "keyword": 0},
+              "keyword": {"vector": 0, "fulltext": 0}}
+
+
+def timed_search(queryset, query: str, weights: dict | None = None, limit: int | None = None,
+                 depth: dict | None = None) -> tuple:
+    from clip_search.search import search
+
+    started = time.perf_counter()
+    results = search(queryset, text=query, weights=weights, limit=limit, depth=depth)
+    page = list(results.select_related("brand", "category")[:PAGE_SIZE])
+    elapsed = time.perf_counter() - started
+    assert not results.search_info.degraded, results.search_info.degraded
+    return elapsed, page
+
+
+def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder) -> dict:
+    """{(scope, variant): [seconds]}: every variant of a scope on each query in turn, rotated."""
+    import torch
+    from django.db import connection
+
+    def search_variant(scope, weights, encoder, threads=None, depth=None):
+        def run(query: str) -> float:
+            with query_encoder(encoder, threads):
+                return timed_search(scope.queryset(), query, weights, depth=depth)[0]
+        return run
+
+    def encode_variant(encoder, threads=None):
+        def run(query: str) -> float:
+            with query_encoder(encoder, threads):
+                started = time.perf_counter()
+                encoder.encode([query])
+                return time.perf_counter() - started
+        return run
+
+    def select_one(query: str) -> float:
+        with connection.cursor() as cursor:
+            started = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            return time.perf_counter() - started
+
+    def cpu_work(query: str) -> float:
+        started = time.perf_counter()
+        sum(i * i for i in range(20_000))
+        return time.perf_counter() - started
+
+    times: dict[tuple[str, str], list[float]] = {}
+    variants_of = {}
+    for index, scope in enumerate(scopes):
+        variants = {
+            "vector leg alone": search_variant(scope, LEGS_ALONE["vector"], vectors),
+            "vector leg alone, depth 100": search_variant(scope, LEGS_ALONE["vector"], vectors,
+                                                          depth=SHALLOW),
+            "full-text leg alone": search_variant(scope, LEGS_ALONE["full-text"], vectors),
+            "keyword leg alone": search_variant(scope, LEGS_ALONE["keyword"], vectors),
+            "fused, vector precomputed": search_variant(scope, None, vectors),
+            "fused + onnx int8 encode": search_variant(scope, None, onnx_encoder),
+        }
+        if index == 0:  # encoding does not depend on the scope: torch (slow) and the noise floor once
+            variants.update({
+                "fused + torch encode (default threads)": search_variant(scope, None, torch_encoder),
+                "fused + torch encode, 1 thread": search_variant(scope, None, torch_encoder, threads=1),
+                "text encode only, onnx int8": encode_variant(onnx_encoder),
+                f"text encode only, torch ({torch.get_num_threads()} threads, default)":
+                    encode_variant(torch_encoder),
+                "text encode only, torch 1 thread": encode_variant(torch_encoder, threads=1),
+                "noise floor: SELECT 1 round trip": select_one,
+                "noise floor: fixed CPU work (~1 ms idle)": cpu_work,
+            })
+        variants_of[scope.name] = list(variants)
+        progress(f"library latency: {scope.name}")
+        runs = list(variants.values())
+        for query in library[scope.name][:5]:  # warm-up: connection, cold pages, ONNX/torch first runs
+            for run in runs:
+                run(query)
+        for i, query in enumerate(library[scope.name]):
+            rotation = i % len(runs)
+            for name, run in list(variants.items())[rotation:] + list(variants.items())[:rotation]:
+                times.setdefault((scope.name, name), []).append(run(query))
+
+    print(f"\n## Library latency: `search(queryset, text=q)` + first page of {PAGE_SIZE} products, ms\n")
+    print(f"{len(library[scopes[0].name])} distinct queries per scope; a scope's variants run on each query "
+          "in turn (rotated). Legs alone and 'vector precomputed' exclude text encoding; "
+          "'+ … encode' is the whole library call, the query encoded uncached.\n")
+    print("| scope | share | variant | p50 | p95 | p99 | × vector leg alone (p50) |\n"
+          "|---|---:|---|---:|---:|---:|---:|")
+    for scope in scopes:
+        base = _util.percentile_ms(times[(scope.name, "vector leg alone")], 50)
+        for name in variants_of[scope.name]:
+            samples = times[(scope.name, name)]
+            searches = name.startswith(("vector", "full-text", "keyword", "fused"))
+            ratio = f"{_util.percentile_ms(samples, 50) / base:.2f}" if searches else ""
+            print(f"| {scope.name} | {100 * scope.share:.1f} % | {name} | {_ms(samples)} | {ratio} |")
+    floor = times[(scopes[0].name, "noise floor: fixed CPU work (~1 ms idle)")]
+    fastest = 1000 * min(floor)
+    print(f"\ncontention: the fixed CPU work took {_util.percentile_ms(floor, 50) / fastest:.1f}× (p50) "
+          f"and {_util.percentile_ms(floor, 95) / fastest:.1f}× (p95) its fastest run ({fastest:.2f} ms)")
+    return times
+
+
+def _ms(samples: list[float]) -> str:
+    return " | ".join(f"{_util.percentile_ms(samples, q):.1f}" for q in (50, 95, 99))
+
+
+# --------------------------------------------------------------------------- recall
+
+
+def vector_recall(scopes, library, vectors, catalog: Catalog) -> dict[str, float]:
+    """Recall@10 of the vector leg through ``search()`` vs an exact scan of the stored vectors."""
+    import numpy as np
+
+    from clip_search.models import EncoderModel
+
+    progress("recall: reading the stored vectors")
+    catalog.load_arrays(EncoderModel.objects.get(is_active=True))
+    ids, matrix = catalog.arrays["id"], catalog.arrays["vector"]
+    results: dict[str, float] = {}
+    print("\n## Recall@10 of the vector leg (`search()`, other legs' weights 0) vs exact scan\n")
+    print("default depth: vector depth 200, so hnsw.ef_search 200; depth 100: `depth={'vector': 100}`, "
+          "ef_search 100. The plan that ran is in the EXPLAIN section (an exact scan scores 1.0).\n")
+    print("| scope | share | queries | recall@10 | min | returned < 10 | recall@10, depth 100 | min |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    for scope in scopes:
+        mask = scope.mask(catalog)
+        allowed_ids, allowed = ids[mask], matrix[mask]
+        position = {pk: i for i, pk in enumerate(allowed_ids)}
+        per_query: dict[str, list[float]] = {"default": [], "shallow": []}
+        short = 0
+        for query in library[scope.name]:
+            distance = 1 - allowed @ vectors.vectors[query]
+            tenth = np.partition(distance, 9)[9]
+            for key, depth in (("default", None), ("shallow", SHALLOW)):
+                with query_encoder(vectors):
+                    _elapsed, page = timed_search(scope.queryset(), query, LEGS_ALONE["vector"], limit=10,
+                                                  depth=depth)
+                hits = [product.pk for product in page]
+                short += key == "default" and len(hits) < 10
+                hit_distance = np.array([distance[position[pk]] for pk in hits])
+                per_query[key].append(min(10, int((hit_distance <= tenth + TIE).sum())) / 10)
+        results[scope.name] = float(np.mean(per_query["default"]))
+        print(f"| {scope.name} | {100 * scope.share:.1f} % | {len(per_query['default'])} | "
+              f"{results[scope.name]:.3f} | {min(per_query['default']):.1f} | {short} | "
+              f"{np.mean(per_query['shallow']):.3f} | {min(per_query['shallow']):.1f} |")
+    return results
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def explain_scopes(scopes, library, vectors, verbose: bool) -> dict[str, dict]:
+    """EXPLAIN ANALYZE of the fused statement exactly as ``search()`` sends it, one query per scope."""
+    print("\n## Where the fused statement spends its time (EXPLAIN ANALYZE, one query per scope)\n")
+    print("| scope | query | total ms | vector leg | full-text leg | keyword leg |\n"
+          "|---|---|---:|---|---|---|")
+    plans = {}
+    for scope in scopes:
+        query = library[scope.name][-1]
+        plan, text = explain(scope.queryset(), query, vectors)
+        legs = {name: _leg_summary(node) for name, node in _ctes(plan["Plan"]).items()}
+        plans[scope.name] = {"total": plan["Execution Time"], **legs}
+        print(f"| {scope.name} | {query} | {plan['Execution Time']:.1f} | " + " | ".join(
+            legs.get(f"{leg}_leg", "–") for leg in ("vector", "fulltext", "keyword")) + " |")
+        if verbose:
+            print(f"\n```\n-- {scope.name}: {query}\n{text}\n```\n")
+    return plans
+
+
+def explain(queryset, query: str, vectors) -> tuple[dict, str]:
+    from django.db import connection, transaction
+
+    statements: list[tuple[str, object]] = []
+
+    def record(execute, sql_text, params, many, context):
+        statements.append((sql_text, params))
+        return execute(sql_text, params, many, context)
+
+    with query_encoder(vectors), connection.execute_wrapper(record):
+        timed_search(queryset, query)
+    fused = next(i for i, (text, _params) in enumerate(statements) if "_leg AS MATERIALIZED" in text)
+    outputs = []
+    for fmt in ("JSON", "TEXT"):
+        with transaction.atomic(), connection.cursor() as cursor:
+            for text, params in statements[:fused]:
+                if "set_config" in text:  # search()'s SET LOCAL hnsw.ef_search & co.
+                    cursor.execute(text, params)
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) " + statements[fused][0],
+                           statements[fused][1])
+            outputs.append(cursor.fetchall())
+    plan = outputs[0][0][0]
+    plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+    text = "\n".join(row[0] for row in outputs[1])
+    return plan, re.sub(r"'\[[-0-9.e,]{200,}\]'", "'[…the query vector…]'", text)
+
+
+def _ctes(node: dict) -> dict[str, dict]:
+    found = {}
+    if node.get("Subplan Name", "").startswith("CTE "):
+        found[node["Subplan Name"][4:]] = node
+    for child in node.get("Plans", []):
+        found.update(_ctes(child))
+    return found
+
+
+def _leg_summary(node: dict) -> str:
+    """'12.3 ms: Index Scan hnsw…, 340 rows' — the leg's time and the scans under it."""
+    scans = []
+
+    def walk(n: dict) -> None:
+        kind = n["Node Type"]
+        if "Scan" in kind and kind not in ("CTE Scan", "Subquery Scan", "Function Scan"):
+            target = n.get("Index Name") or n.get("Relation Name") or ""
+            loops = n.get("Actual Loops", 1)
+            scans.append(f"{kind} {target.replace('clip_search_', '')} ({n.get('Actual Rows', 0):.0f} rows"
+                         f"{f' × {loops} loops' if loops > 1 else ''})")
+        for child in n.get("Plans", []):
+            walk(child)
+
+    walk(node)
+    return f"{node['Actual Total Time']:.1f} ms: " + "; ".join(scans)
+
+
+# --------------------------------------------------------------------------- API
+
+
+SERVER_SETTINGS = """\
+from shop_demo.settings import *  # noqa: F403
+
+# One client IP sends hundreds of queries a minute: lift the storefront throttle for the bench.
+REST_FRAMEWORK = {{**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {{
+    "clip_search": "1000000/min", "clip_search_image": "1000000/min"}}}}
+CLIP_SEARCH = {{**CLIP_SEARCH, "TEXT_ENCODER": {text_encoder!r}}}
+"""
+
+
+def api_latency(args: argparse.Namespace, catalog: Catalog, pool: QueryPool) -> list[dict]:
+    """p50/p95/p99 of GET /api/v1/search/ through ``manage.py runserver``, 1 and N clients."""
+    from django.urls import reverse
+
+    try:
+        path = reverse("clip_search_api:search", kwargs={"version": "v1"})
+    except Exception as error:  # clip_search.api not there (yet)
+        print(f"\n## API\n\nTODO: no clip_search.api search URL ({error}); API latency not measured.")
+        return []
+    scopes = [scope for scope in catalog.scopes() if scope.api_params is not None]
+    rows = []
+    print(f"\n## Through DRF: GET {path}?q=… (runserver --noreload, DEBUG off, keep-alive clients), ms\n")
+    print("| text backend | filter | clients | requests | p50 | p95 | p99 | req/s | p95 ≤ 40 ms |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---|")
+    torch_default = {"BACKEND": "torch", "QUANTIZE": False}
+    backends = (("onnx int8", ONNX_INT8, scopes), ("torch", torch_default, scopes[:1]))
+    for backend, options, measured in backends:
+        with live_server(options) as server:
+            server.get(path, {"q": pool.take(1)[0]}, timeout=300)  # loads the text encoder
+            for query in pool.take(5):
+                server.get(path, {"q": query})
+            for scope in measured:
+                for clients in sorted({1, args.clients}):
+                    queries = pool.take(args.api_requests)
+                    progress(f"API: {backend}, {scope.name}, {clients} client(s)")
+                    samples, wall = server.load(path, scope.api_params, queries, clients)
+                    p95 = _util.percentile_ms(samples, 95)
+                    rows.append({"backend": backend, "scope": scope.name, "clients": clients, "p95": p95,
+                                 "samples": samples})
+                    print(f"| {backend} | {scope.name} ({100 * scope.share:.0f} %) | {clients} | "
+                          f"{len(samples)} | {_ms(samples)} | {len(samples) / wall:.1f} | "
+                          f"{'PASS' if p95 <= TARGET_API_P95_MS else 'MISS'} |")
+            rss, peak = _memory_of(server.process.pid)
+            rows.append({"backend": backend, "server_rss": rss, "server_peak": peak})
+    for row in rows:
+        if "server_rss" in row:
+            print(f"\nserver process ({row['backend']}) after the load: RSS {row['server_rss']:.0f} MB, "
+                  f"peak {row['server_peak']:.0f} MB")
+    return rows
+
+
+class LiveServer:
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process, self.port = process, port
+
+    def get(self, path: str, params: dict, timeout: float = 60, connection: HTTPConnection | None = None):
+        conn = connection or HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.request("GET", f"{path}?{urllib.parse.urlencode(params)}")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status} for {params}: {body[:300]!r}")
+        data = json.loads(body)
+        if data["degraded"] or data["legs"] != ["vector", "fulltext", "keyword"]:
+            raise RuntimeError(f"degraded answer for {params}: {data['legs']} {data['degraded']}")
+        return response
+
+    def load(self, path: str, params: dict, queries: list[str], clients: int) -> tuple[list[float], float]:
+        """Each client keeps one HTTP connection and sends its share of the queries back to back."""
+        samples: list[float] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(clients + 1)
+
+        def client(mine: list[str]) -> None:
+            conn = HTTPConnection("127.0.0.1", self.port, timeout=60)
+            barrier.wait()
+            try:
+                for query in mine:
+                    started = time.perf_counter()
+                    self.get(path, {**params, "q": query}, connection=conn)
+                    samples.append(time.perf_counter() - started)
+            except BaseException as error:  # reported below, the row is void
+                errors.append(error)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(queries[i::clients],)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        if errors:
+            raise RuntimeError(f"API client failed: {errors[0]}")
+        return samples, wall
+
+
+@contextmanager
+def live_server(text_encoder: dict):
+    """``manage.py runserver --noreload`` on a free port, settings = the demo's + the bench's."""
+    folder = Path(tempfile.mkdtemp(prefix="clip-bench-server-"))
+    (folder / "bench_scale_settings.py").write_text(SERVER_SETTINGS.format(text_encoder=text_encoder))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "DATABASE_URL": database_url(),
+           "DJANGO_SETTINGS_MODULE": "bench_scale_settings", "DJANGO_DEBUG": "0"}
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{port}"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError as error:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (folder / "server.log").read_text()[-2000:]
+                    raise RuntimeError(f"runserver did not start: {log_text}") from error
+                time.sleep(0.3)
+        yield LiveServer(process, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _memory_of(pid: int | str = "self") -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+
+
+def probe_memory(kind: str) -> None:
+    """Run in a fresh process: load the query encoder the web process would, answer a query."""
+    import django
+    from django.conf import settings
+
+    text_encoder = ONNX_INT8 if kind == "onnx" else {"BACKEND": "torch", "QUANTIZE": False}
+    settings.configure(USE_I18N=False, INSTALLED_APPS=[], CLIP_SEARCH={
+        "MODEL": "ViT-B-32", "PRETRAINED": "random", "TEXT_ENCODER": text_encoder})
+    django.setup()
+    logging.disable(logging.WARNING)
+    figures = {"start": _memory_of()[0]}
+    from clip_search.encoders import get_clip, get_text_encoder, text_encoder_for
+
+    figures["imports"] = _memory_of()[0]
+    encoder = text_encoder_for(get_clip(towers="both")) if kind == "both" else get_text_encoder()
+    figures["loaded"] = _memory_of()[0]
+    encoder.encode(["red leather backpack"])
+    figures["answered"], figures["peak"] = _memory_of()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    figures["trimmed"] = _memory_of()[0]
+    model = encoder.clip.model
+    figures.update(visual_loaded=model.visual is not None, towers=encoder.clip.towers,
+                   backend=f"{encoder.backend}{' int8' if encoder.quantized else ''}",
+                   parameters=sum(p.numel() for p in model.parameters()))
+    print(json.dumps(figures))
+
+
+def memory_probes() -> dict[str, dict]:
+    results = {}
+    progress("memory probes")
+    for kind in ("torch", "onnx", "both"):
+        output = subprocess.run([sys.executable, __file__, "--probe-memory", kind], cwd=ROOT, check=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        results[kind] = json.loads(output.stdout.strip().splitlines()[-1])
+    labels = {"torch": "text tower only (get_text_encoder), torch", "onnx": "text tower only, onnx int8",
+              "both": "both towers (get_clip towers='both'), torch"}
+    both = results["both"]["answered"]
+    print("\n## Web process memory: a fresh process loads the query encoder and answers one query, MB\n")
+    print("| process | parameters | after imports | loaded | answered | peak (VmHWM) | after malloc_trim "
+          "| × both towers | image tower |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind, figures in results.items():
+        print(f"| {labels[kind]} | {figures['parameters'] / 1e6:.0f} M | {figures['imports']:.0f} | "
+              f"{figures['loaded']:.0f} | {figures['answered']:.0f} | {figures['peak']:.0f} | "
+              f"{figures['trimmed']:.0f} | {figures['answered'] / both:.2f} | "
+              f"{'loaded' if figures['visual_loaded'] else 'absent (model.visual is None)'} |")
+    for kind in ("torch", "onnx"):
+        assert not results[kind]["visual_loaded"] and results[kind]["towers"] == "text", results[kind]
+    print("\nassert: the text-only processes have no image tower (model.visual is None): OK")
+    return results
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary(latency: dict, recall: dict, api: list[dict], memory: dict) -> None:
+    def p50(scope: str, variant: str) -> float:
+        return _util.percentile_ms(latency[(scope, variant)], 50)
+
+    first = next(iter(recall))
+    torch_default = next(name for (scope, name) in latency if name.startswith("text encode only, torch ("))
+    print("\n## Same-run ratios (p50)\n")
+    for scope in recall:
+        print(f"- {scope}: fused / vector leg alone (both precomputed vector) "
+              f"{p50(scope, 'fused, vector precomputed') / p50(scope, 'vector leg alone'):.2f}×; "
+              f"fused + onnx int8 encode / fused precomputed "
+              f"{p50(scope, 'fused + onnx int8 encode') / p50(scope, 'fused, vector precomputed'):.2f}×; "
+              f"vs {first}, fused + onnx int8 "
+              f"{p50(scope, 'fused + onnx int8 encode') / p50(first, 'fused + onnx int8 encode'):.2f}×")
+    onnx = p50(first, "fused + onnx int8 encode")
+    print(f"- fused + torch encode / fused + onnx int8 encode: default threads "
+          f"{p50(first, 'fused + torch encode (default threads)') / onnx:.2f}×, 1 torch thread "
+          f"{p50(first, 'fused + torch encode, 1 thread') / onnx:.2f}×")
+    onnx_encode = p50(first, "text encode only, onnx int8")
+    print(f"- text encode alone, torch / onnx int8: default threads "
+          f"{p50(first, torch_default) / onnx_encode:.2f}×, 1 thread "
+          f"{p50(first, 'text encode only, torch 1 thread') / onnx_encode:.2f}×")
+    if memory:
+        print(f"- web process, text tower only / both towers (RSS after one query): torch "
+              f"{memory['torch']['answered'] / memory['both']['answered']:.2f}×, onnx int8 "
+              f"{memory['onnx']['answered'] / memory['both']['answered']:.2f}×")
+
+    print("\n## Targets (PASS/MISS, not asserted)\n")
+    print(f"- recall@10 unfiltered ≥ {TARGET_RECALL}: {recall[SCOPE_ALL]:.3f} "
+          f"{'PASS' if recall[SCOPE_ALL] >= TARGET_RECALL else 'MISS'}")
+    print(f"- recall@10 filtered at 1 % ({SCOPE_RARE}) ≥ {TARGET_RECALL_1PCT}: {recall[SCOPE_RARE]:.3f} "
+          f"{'PASS' if recall[SCOPE_RARE] >= TARGET_RECALL_1PCT else 'MISS'}")
+    for row in api:
+        if "p95" in row:
+            print(f"- DRF fused p95 ≤ {TARGET_API_P95_MS:.0f} ms ({row['backend']}, {row['scope']}, "
+                  f"{row['clients']} client{'s' if row['clients'] > 1 else ''}): {row['p95']:.1f} ms "
+                  f"{'PASS' if row['p95'] <= TARGET_API_P95_MS else 'MISS'}")
+    if not api:
+        print("- DRF fused p95: not measured (--skip api, or clip_search.api missing: see above)")
+
+
+def _now():
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+if __name__ == "__main__":
+    main()

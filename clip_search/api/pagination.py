@@ -1,0 +1,86 @@
+"""Limit/offset pages; a search page also says which legs answered and what was degraded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils.translation import gettext_lazy as _
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from clip_search.api.conf import api_options
+
+# What a shopper is told about a leg that could not answer. search() gives the exception's text
+# (model paths and all): that goes to the log, not to the public.
+DEGRADED_MESSAGES: dict[str, Any] = {
+    "vector": _("Matching by meaning is unavailable right now; words and SKUs still match."),
+    "image": _("Search by picture is unavailable right now; the words still match."),
+    "fulltext": _("Full-text matching is unavailable right now."),
+    "keyword": _("SKU and brand matching is unavailable right now."),
+}
+
+SEARCH_INFO_SCHEMA: dict[str, Any] = {
+    "query": {"type": "string", "description": "The query text as searched (normalised)."},
+    "truncated": {"type": "boolean",
+                  "description": "The query was cut to CLIP_SEARCH['SEARCH']['MAX_QUERY_LENGTH']."},
+    "legs": {"type": "array", "items": {"type": "string", "enum": ["vector", "fulltext", "keyword"]},
+             "description": "The search legs that ran."},
+    "degraded": {
+        "type": "object", "additionalProperties": {"type": "string"},
+        "description": "What could not answer, for people: {\"vector\": ...} (the encoder is down, "
+                       "the words and SKUs answered alone), {\"image\": ...} (the picture could not "
+                       "be searched, the words answered). Empty when everything ran.",
+    },
+}
+
+
+class ApiPagination(LimitOffsetPagination):
+    """``?limit=&offset=``, with the page size and cap of ``CLIP_SEARCH_API``."""
+
+    def paginate_queryset(self, queryset: QuerySet, request: Request, view: Any = None) -> list[Any]:
+        options = api_options()
+        self.default_limit, self.max_limit = options["PAGE_SIZE"], options["MAX_PAGE_SIZE"]
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        options = api_options()
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.limit_query_param:
+                parameter["description"] = (f"Results per page (default {options['PAGE_SIZE']}, "
+                                            f"at most {options['MAX_PAGE_SIZE']}).")
+                parameter["schema"].update(minimum=1)
+            else:
+                parameter["schema"].update(minimum=0)
+        return parameters
+
+
+class SearchPagination(ApiPagination):
+    """A page of hits plus the search's ``query``, ``truncated``, ``legs`` and ``degraded``."""
+
+    def paginate_queryset(self, queryset: QuerySet, request: Request, view: Any = None) -> list[Any]:
+        self.search_info = getattr(queryset, "search_info", None)
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data: list[Any]) -> Response:
+        info = self.search_info
+        return Response({
+            "count": self.count,
+            "next": self.get_next_link(),
+            "previous": self.get_previous_link(),
+            "query": info.query if info else "",
+            "truncated": info.truncated if info else False,
+            "legs": list(info.legs) if info else [],
+            "degraded": {leg: str(DEGRADED_MESSAGES.get(leg, _("Unavailable right now.")))
+                         for leg in (info.degraded if info else {})},
+            "results": data,
+        })
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        paginated = super().get_paginated_response_schema(schema)
+        results = paginated["properties"].pop("results")
+        paginated["properties"].update(SEARCH_INFO_SCHEMA, results=results)
+        paginated["required"] = ["count", "next", "previous", *SEARCH_INFO_SCHEMA, "results"]
+        return paginated

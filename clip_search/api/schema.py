@@ -1,0 +1,52 @@
+"""OpenAPI for the API: 200 from each view's serializer, errors from its ``error_responses``.
+
+The result serializer is the shop's, known only at run time, so the success response is
+read from the view (``get_serializer_class``) instead of being fixed in ``@extend_schema``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+
+from clip_search.api.serializers import ErrorSerializer
+
+ERROR_DESCRIPTIONS: dict[int, Any] = {
+    400: _("The query, a filter or the upload is invalid; `error.detail` has the field errors."),
+    401: _("Not logged in (with an authentication scheme that can challenge, e.g. Basic or Token)."),
+    403: _("Not logged in (session authentication) or not staff."),
+    404: _("No such object, or not one the storefront may show."),
+    409: _("The object is not in a state that allows this."),
+    413: _("The upload is over CLIP_SEARCH['IMAGE']['MAX_BYTES'] (`too_large`)."),
+    415: _("The upload is not an image (`not_an_image`), an image format that is not allowed "
+           "(`format`), or the request is not multipart (`unsupported_media_type`)."),
+    429: _("Throttled; `Retry-After` and `error.detail.retry_after` say how many seconds to wait."),
+    503: _("Image search is unavailable (the image encoder cannot be loaded)."),
+}
+
+
+def error_response(status: int, description: Any = None) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description or ERROR_DESCRIPTIONS[status])
+
+
+class ApiAutoSchema(AutoSchema):
+    def get_response_serializers(self) -> dict[int, Any]:
+        view = self.view
+        ok = view.get_serializer_class()(many=view.many_results)
+        responses: dict[int, Any] = {200: OpenApiResponse(ok, description=view.success_description)}
+        for status, description in view.error_responses.items():
+            responses[status] = error_response(status, description)
+        return responses
+
+    def _is_list_view(self, serializer: Any = None) -> bool:
+        """Pages (and filters) where the view says so: spectacular guesses "not a list" for a POST."""
+        return bool(self.view.many_results)
+
+
+def api_endpoints_only(endpoints: list[tuple], **kwargs: Any) -> list[tuple]:
+    """Preprocessing hook: the schema of this API only, not the rest of the shop's URLs."""
+    return [endpoint for endpoint in endpoints
+            if getattr(getattr(endpoint[3], "cls", None), "clip_search_api", False)]

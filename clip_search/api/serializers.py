@@ -1,0 +1,220 @@
+"""Request parameters, results and errors of the API, as DRF serializers (and so as OpenAPI).
+
+A result is the shop's own serializer (``CLIP_SEARCH_API["SERIALIZER"]``, or a default of
+pk, name, image URL and ``FIELDS``) extended with the fused ``score``, ``rank`` and ``explain``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from clip_search.api.conf import api_options, imported
+from clip_search.models import ReviewItem
+from clip_search.registry import Registration, read_path
+
+# --------------------------------------------------------------------------- parameters
+
+
+class SearchParamsSerializer(serializers.Serializer):
+    q = serializers.CharField(
+        help_text=_("What to look for: words, a SKU or brand, quotes for a phrase, -word to exclude."))
+    explain = serializers.BooleanField(
+        default=False, help_text=_("Add each hit's evidence per search leg (`explain`)."))
+
+
+class ExplainParamSerializer(serializers.Serializer):
+    explain = serializers.BooleanField(
+        default=False, help_text=_("Add each hit's evidence per search leg (`explain`)."))
+
+
+class ImageSearchSerializer(serializers.Serializer):
+    image = serializers.FileField(
+        allow_empty_file=False,
+        help_text=_("The picture to search by: JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF, at most "
+                    "CLIP_SEARCH['IMAGE']['MAX_BYTES'] bytes (20 MiB by default)."))
+    q = serializers.CharField(
+        required=False, allow_blank=True, default="",
+        help_text=_("Optional words to search for together with the picture (their vectors are "
+                    "averaged and the words also match text and keywords)."))
+
+
+class ReviewListParamsSerializer(serializers.Serializer):
+    reason = serializers.ChoiceField(
+        choices=ReviewItem.Reason.choices, required=False,
+        help_text=_("Only items quarantined for this reason."))
+
+
+class ReviewDecisionSerializer(serializers.Serializer):
+    note = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=2000,
+        help_text=_("Why, for the audit trail."))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text=_(
+        "Stable, machine-readable: invalid, parse_error, not_authenticated, "
+        "authentication_failed, permission_denied, not_found, method_not_allowed, "
+        "unsupported_media_type, throttled, not_indexed, already_decided, "
+        "image_search_unavailable, or an image rejection: empty, too_large, not_an_image, "
+        "format, broken, too_many_pixels."))
+    message = serializers.CharField(help_text=_("For people; translated."))
+    detail = serializers.JSONField(allow_null=True, help_text=_(
+        "Field errors for `invalid` ({field: [messages]}), {\"retry_after\": seconds} for "
+        "`throttled`, else null."))
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+class ImageUrlField(serializers.Field):
+    """The absolute URL of the image at ``path`` (a file field, ``brand__logo`` style), or null."""
+
+    def __init__(self, path: str | None, **kwargs: Any) -> None:
+        kwargs.update(source="*", read_only=True)
+        super().__init__(**kwargs)
+        self.path = path
+
+    def to_representation(self, obj: models.Model) -> str | None:
+        return image_url(obj, self.path, self.context.get("request"))
+
+
+def image_url(obj: models.Model, path: str | None, request: Any = None) -> str | None:
+    """Absolute when there is a request, so a client on another host can load it."""
+    file = read_path(obj, path) if path else None
+    if not file:
+        return None
+    return request.build_absolute_uri(file.url) if request else file.url
+
+
+class VectorEvidenceSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    cosine_distance = serializers.FloatField()
+
+
+class FulltextEvidenceSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    ts_rank_cd = serializers.FloatField()
+
+
+class KeywordEvidenceSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    exact = serializers.BooleanField(help_text=_("The query (or a word of it) is a whole keyword value."))
+    similarity = serializers.FloatField(allow_null=True, help_text=_("Trigram word similarity."))
+
+
+class ExplainSerializer(serializers.Serializer):
+    """Why a product is a hit: each leg's rank and raw measure (null: the leg did not find it)."""
+
+    score = serializers.FloatField()
+    vector = VectorEvidenceSerializer(allow_null=True)
+    fulltext = FulltextEvidenceSerializer(allow_null=True)
+    keyword = KeywordEvidenceSerializer(allow_null=True)
+
+
+@extend_schema_field(ExplainSerializer(allow_null=True))
+class ExplainField(serializers.Field):
+    """``search_info.explain(obj)`` when the request asked for it (``?explain=1``), else null."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(source="*", read_only=True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, obj: models.Model) -> dict[str, Any] | None:
+        info = self.context.get("search_info")
+        return info.explain(obj) if info is not None and self.context.get("explain") else None
+
+
+HIT_FIELDS = ("score", "rank", "explain")
+_serializers: dict[Any, type[serializers.Serializer]] = {}
+
+
+def default_serializer_class(registration: Registration, fields: tuple[str, ...] = ()) -> type:
+    """pk, name (``str()``), the registered image's URL and ``fields``, for any model."""
+    model = registration.model
+    image = registration.image if isinstance(registration.image, str) else None
+    meta = type("Meta", (), {"model": model, "fields": ["pk", "name", "image", *fields]})
+    return type(f"{model.__name__}ResultSerializer", (serializers.ModelSerializer,), {
+        "Meta": meta,
+        "name": serializers.CharField(source="__str__", read_only=True),
+        "image": ImageUrlField(image),
+    })
+
+
+def hit_serializer_class(base: type[serializers.Serializer], model: type[models.Model]) -> type:
+    """``base`` plus ``score``, ``rank`` and ``explain``: one result of a search."""
+    attrs: dict[str, Any] = {
+        "score": serializers.FloatField(source="search_score", read_only=True, help_text=_(
+            "Fused score: the sum over legs of weight / (RRF_K + rank), plus 1 for an exact "
+            "keyword match. Only comparable within one search.")),
+        "rank": serializers.IntegerField(source="search_rank", read_only=True,
+                                         help_text=_("1 for the best hit.")),
+        "explain": ExplainField(),
+    }
+    meta = getattr(base, "Meta", None)
+    fields = getattr(meta, "fields", None)
+    if isinstance(fields, (list, tuple)):  # a ModelSerializer must list declared fields
+        attrs["Meta"] = type("Meta", (meta,), {"fields": [*fields, *HIT_FIELDS]})
+    return type(f"{model.__name__}HitSerializer", (base,), attrs)
+
+
+def result_serializer_class(registration: Registration) -> type[serializers.Serializer]:
+    """The hit serializer for the registration's options, built once per configuration."""
+    options = api_options(registration)
+    key = (registration.label, options["SERIALIZER"], tuple(options["FIELDS"]))
+    if key not in _serializers:
+        base = (imported(options["SERIALIZER"]) if options["SERIALIZER"]
+                else default_serializer_class(registration, tuple(options["FIELDS"])))
+        _serializers[key] = hit_serializer_class(base, registration.model)
+    return _serializers[key]
+
+
+# --------------------------------------------------------------------------- review queue
+
+
+class ReviewProductSerializer(serializers.Serializer):
+    pk = serializers.CharField()
+    name = serializers.CharField()
+    image = serializers.URLField(allow_null=True)
+
+
+class ReviewItemSerializer(serializers.ModelSerializer):
+    """An open (or just decided) quarantine item with what staff need to decide."""
+
+    model = serializers.SerializerMethodField(help_text=_("The product's model label, e.g. catalog.product."))
+    object_pk = serializers.CharField(source="embedding.object_pk", read_only=True)
+    embedding_status = serializers.CharField(source="embedding.status", read_only=True)
+    product = serializers.SerializerMethodField(help_text=_("Null when the product was deleted."))
+
+    class Meta:
+        model = ReviewItem
+        fields = ["id", "model", "object_pk", "product", "reason", "categories", "scores", "status",
+                  "embedding_status", "created_at", "decided_at"]
+        read_only_fields = fields
+
+    def get_model(self, item: ReviewItem) -> str:
+        content_type = item.embedding.content_type
+        return f"{content_type.app_label}.{content_type.model}"
+
+    @extend_schema_field(ReviewProductSerializer(allow_null=True))
+    def get_product(self, item: ReviewItem) -> dict[str, Any] | None:
+        """``context["products"]``: {(content type id, object pk): (product, image field path)}."""
+        key = (item.embedding.content_type_id, item.embedding.object_pk)
+        found = self.context.get("products", {}).get(key)
+        if found is None:
+            return None
+        obj, image_path = found
+        return {"pk": str(obj.pk), "name": str(obj),
+                "image": image_url(obj, image_path, self.context.get("request"))}

@@ -1,0 +1,387 @@
+"""Storefront search (text, image, more like this) and the staff review queue, over DRF.
+
+Storefront views start from ``registration.get_queryset()`` (what the shop may show), apply
+the shop's filters, then ``search()`` without ``include_quarantined``: flagged, rejected and
+pending products never come back. Every error is ``{"error": {...}}`` (``errors.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from django.utils.module_loading import import_string
+from django.utils.translation import gettext_lazy as _
+from django_filters import FilterSet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework import exceptions, serializers
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.versioning import URLPathVersioning
+from rest_framework.views import APIView
+
+from clip_search import moderation
+from clip_search.api.conf import IMAGE_SCOPE, SEARCH_SCOPE, VERSIONS, api_options, storefront_registration
+from clip_search.api.errors import AlreadyDecided, ImageSearchUnavailable, NotIndexed, api_exception_handler
+from clip_search.api.filters import filterset_class_for
+from clip_search.api.pagination import ApiPagination, SearchPagination
+from clip_search.api.schema import ApiAutoSchema
+from clip_search.api.serializers import (
+    ExplainParamSerializer,
+    ImageSearchSerializer,
+    ReviewDecisionSerializer,
+    ReviewItemSerializer,
+    ReviewListParamsSerializer,
+    SearchParamsSerializer,
+    result_serializer_class,
+)
+from clip_search.api.throttling import ClipScopedRateThrottle
+from clip_search.conf import clip_settings
+from clip_search.imaging import ImageRejected
+from clip_search.models import Embedding, ReviewItem
+from clip_search.registry import Registration, registry
+from clip_search.search import SearchError, search
+
+logger = logging.getLogger(__name__)
+
+# Multipart overhead allowed on top of IMAGE["MAX_BYTES"] before a body is refused unread.
+MULTIPART_SLACK = 64 * 1024
+
+EXPLAIN_PARAMETER = OpenApiParameter(
+    "explain", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
+    description=_("Add each hit's evidence per search leg in `explain` (else null)."))
+
+
+class ApiVersioning(URLPathVersioning):
+    """``/api/v1/...``; another version is a 404."""
+
+    allowed_versions = VERSIONS
+    default_version = VERSIONS[-1]
+
+
+class ApiView(GenericAPIView):
+    """Versioned, documented, and answering errors in the API's own error body."""
+
+    clip_search_api = True  # marks this API's endpoints for the schema (schema.api_endpoints_only)
+    versioning_class = ApiVersioning
+    schema = ApiAutoSchema()
+    pagination_class = None
+    many_results = False
+    success_description: Any = ""
+    error_responses: dict[int, Any] = {}
+    permission_option = "SEARCH_PERMISSION_CLASSES"
+
+    def get_exception_handler(self) -> Callable[..., Response | None]:
+        return api_exception_handler
+
+    def get_permissions(self) -> list[Any]:
+        return [import_string(path)() for path in api_options()[self.permission_option]]
+
+    def validated(self, serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+class StorefrontView(ApiView):
+    """Search among what the shop shows, filtered by the shop's FilterSet, one page of hits."""
+
+    filter_backends = [DjangoFilterBackend]
+    pagination_class = SearchPagination
+    many_results = True
+    success_description = _("A page of hits, best first, with what the search did (`legs`, `degraded`).")
+    throttle_scope = SEARCH_SCOPE
+    error_responses = {400: None, 429: None}
+
+    @property
+    def registration(self) -> Registration:
+        return storefront_registration()
+
+    @property
+    def filterset_class(self) -> type[FilterSet] | None:  # read by DjangoFilterBackend and the schema
+        return filterset_class_for(self.registration)
+
+    def get_queryset(self) -> models.QuerySet:
+        return self.registration.get_queryset()
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return result_serializer_class(self.registration)
+
+    def get_throttles(self) -> list[Any]:
+        return [*super().get_throttles(), ClipScopedRateThrottle()]
+
+    def search(self, queryset: models.QuerySet, **query: Any) -> models.QuerySet:
+        return search(queryset, limit=clip_settings.SEARCH["LIMIT"], **query)
+
+    def respond(self, results: models.QuerySet, explain: bool) -> Response:
+        related = self.registration.related_paths()
+        page = self.paginate_queryset(results.select_related(*related) if related else results)
+        context = {**self.get_serializer_context(), "search_info": results.search_info, "explain": explain}
+        serializer = self.get_serializer_class()(page, many=True, context=context)
+        return self.get_paginated_response(serializer.data)
+
+
+SEARCH_DESCRIPTION = _(
+    "Hybrid search over the products the storefront shows: CLIP text→image vectors, full text "
+    "and SKU/brand keywords, fused by reciprocal rank; an exact SKU ranks first. Filters are the "
+    "shop's own (its FilterSet). Pages are cut from the best CLIP_SEARCH['SEARCH']['LIMIT'] hits. "
+    "When the text encoder is down the keyword legs answer alone: still 200, and `degraded` "
+    "says what is missing. Throttle scope: `clip_search`.")
+
+
+class SearchView(StorefrontView):
+    @extend_schema(
+        operation_id="search_text", tags=["search"], summary=_("Search products by words"),
+        description=SEARCH_DESCRIPTION, parameters=[SearchParamsSerializer])
+    def get(self, request: Request, version: str) -> Response:
+        params = self.validated(SearchParamsSerializer, request.query_params)
+        results = self.search(self.filter_queryset(self.get_queryset()), text=params["q"])
+        return self.respond(results, params["explain"])
+
+
+class ImageSearchView(StorefrontView):
+    parser_classes = [MultiPartParser, FormParser]
+    throttle_scope = IMAGE_SCOPE
+    error_responses = {400: None, 413: None, 415: None, 429: None, 503: None}
+
+    @extend_schema(
+        operation_id="search_image", tags=["search"], summary=_("Search products by a picture"),
+        description=_(
+            "Upload a picture (multipart `image`, optionally with words in `q`); filters, "
+            "`explain`, `limit` and `offset` go in the query string (the `next` link repeats "
+            "them: POST the picture again for another page). A bad upload is 400 (empty, "
+            "broken, too many pixels), 413 (too large) or 415 (not an image or a format not "
+            "allowed). If the image encoder is down: 503, or with `q` the words answer alone "
+            "(200 with `degraded.image`). Throttle scope: `clip_search_image`, stricter than "
+            "`clip_search`."),
+        request={"multipart/form-data": ImageSearchSerializer},
+        parameters=[EXPLAIN_PARAMETER])
+    def post(self, request: Request, version: str) -> Response:
+        _refuse_oversized_body(request)
+        params = self.validated(ImageSearchSerializer, request.data)
+        explain = self.validated(ExplainParamSerializer, request.query_params)["explain"]
+        data = _read_upload(params["image"])
+        results = self.search_by_image(self.filter_queryset(self.get_queryset()), data, params["q"])
+        return self.respond(results, explain)
+
+    def search_by_image(self, queryset: models.QuerySet, data: bytes, text: str) -> models.QuerySet:
+        """A rejected image is the client's error; any other failure is the encoder's (503)."""
+        try:
+            return self.search(queryset, text=text or None, image=data)
+        except (ImageRejected, SearchError):
+            raise
+        except Exception as error:
+            logger.exception("clip_search API: image search failed")
+            if not text:
+                raise ImageSearchUnavailable() from error
+            reason = str(_("Image search is unavailable: %(error)s") % {"error": error})
+        try:
+            results = self.search(queryset, text=text)
+        except Exception as error:
+            logger.exception("clip_search API: text fallback of an image search failed")
+            raise ImageSearchUnavailable() from error
+        results.search_info.degraded["image"] = reason
+        return results
+
+
+def _refuse_oversized_body(request: Request) -> None:
+    """413 from the Content-Length alone, before a byte of a huge upload is parsed."""
+    limit = clip_settings.IMAGE["MAX_BYTES"]
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length > limit + MULTIPART_SLACK:
+        raise ImageRejected("too_large", str(_("The upload is %(size)d bytes; the limit is %(limit)d.")
+                                             % {"size": length, "limit": limit}))
+
+
+def _read_upload(upload: Any) -> bytes:
+    limit = clip_settings.IMAGE["MAX_BYTES"]
+    if upload.size > limit:
+        raise ImageRejected("too_large", str(_("The file is %(size)d bytes; the limit is %(limit)d.")
+                                             % {"size": upload.size, "limit": limit}))
+    return upload.read()
+
+
+class SimilarView(StorefrontView):
+    error_responses = {400: None, 404: None, 409: None, 429: None}
+
+    @extend_schema(
+        operation_id="products_similar", tags=["search"], summary=_("More like this product"),
+        description=_(
+            "Products whose pictures are closest to this one's, the product itself excluded, "
+            "with the shop's filters. 404 for a product the storefront does not show (or one "
+            "quarantined), 409 `not_indexed` while its picture is not embedded yet. Throttle "
+            "scope: `clip_search`."),
+        parameters=[
+            OpenApiParameter("product_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                             description=_("The product's primary key.")),
+            EXPLAIN_PARAMETER])
+    def get(self, request: Request, version: str, product_id: str) -> Response:
+        explain = self.validated(ExplainParamSerializer, request.query_params)["explain"]
+        product = self.get_product(product_id)
+        try:
+            results = self.search(self.filter_queryset(self.get_queryset()), like=product)
+        except SearchError as error:
+            raise NotIndexed(str(error)) from error
+        return self.respond(results, explain)
+
+    def get_product(self, pk: str) -> models.Model:
+        """The shown product whose picture may be searched by; 404 hides the rest."""
+        try:
+            product = self.get_queryset().filter(pk=pk).first()
+        except (ValueError, TypeError, DjangoValidationError):
+            product = None
+        status = product and Embedding.objects.for_object(product).active().values_list(
+            "status", flat=True).first()
+        if product is None or status in (Embedding.Status.FLAGGED, Embedding.Status.REJECTED):
+            raise exceptions.NotFound(_("No such product."))
+        if status != Embedding.Status.INDEXED:
+            raise NotIndexed()
+        return product
+
+
+class ReviewView(ApiView):
+    """Staff only (``REVIEW_PERMISSION_CLASSES``, IsAdminUser by default); not throttled here."""
+
+    permission_option = "REVIEW_PERMISSION_CLASSES"
+    serializer_class = ReviewItemSerializer
+
+    def get_queryset(self) -> models.QuerySet:
+        return ReviewItem.objects.select_related("embedding__content_type")
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "products": getattr(self, "products", {})}
+
+    def load_products(self, items: list[ReviewItem]) -> None:
+        """The items' products in one query per model, for their names and pictures."""
+        wanted: dict[int, list[str]] = defaultdict(list)
+        for item in items:
+            wanted[item.embedding.content_type_id].append(item.embedding.object_pk)
+        self.products = {}
+        for content_type_id, pks in wanted.items():
+            model = ContentType.objects.get_for_id(content_type_id).model_class()
+            if model is None or not registry.is_registered(model):
+                continue
+            image = registry.get(model).image
+            image_path = image if isinstance(image, str) else None
+            for obj in model._default_manager.filter(pk__in=pks):
+                self.products[(content_type_id, str(obj.pk))] = (obj, image_path)
+
+
+class ReviewListView(ReviewView):
+    pagination_class = ApiPagination
+    many_results = True
+    success_description = _("A page of open review items.")
+    error_responses = {400: None, 401: None, 403: None}
+
+    @extend_schema(
+        operation_id="review_list", tags=["review"], summary=_("Open review items"),
+        description=_("Quarantined (flagged) and sampled uploads waiting for a staff decision, "
+                      "newest first. Staff only."),
+        parameters=[ReviewListParamsSerializer])
+    def get(self, request: Request, version: str) -> Response:
+        params = self.validated(ReviewListParamsSerializer, request.query_params)
+        items = self.get_queryset().filter(status=ReviewItem.Status.OPEN)
+        if params.get("reason"):
+            items = items.filter(reason=params["reason"])
+        page = self.paginate_queryset(items)
+        self.load_products(page)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+
+class ReviewDecisionView(ReviewView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    success_description = _("The decided item.")
+    error_responses = {400: None, 401: None, 403: None, 404: None,
+                       409: _("Already decided (`already_decided`).")}
+    decision = "approve"  # the clip_search.moderation function
+
+    def post(self, request: Request, version: str, item_id: int) -> Response:
+        note = self.validated(ReviewDecisionSerializer, request.data)["note"]
+        item = self.get_queryset().filter(pk=item_id).first()
+        if item is None:
+            raise exceptions.NotFound(_("No such review item."))
+        try:
+            item = getattr(moderation, self.decision)(item, user=request.user, note=note)
+        except ValueError as error:
+            raise AlreadyDecided() from error
+        item = self.get_queryset().get(pk=item.pk)
+        self.load_products([item])
+        return Response(self.get_serializer(item).data)
+
+
+ITEM_ID = OpenApiParameter("item_id", OpenApiTypes.INT, OpenApiParameter.PATH,
+                           description=_("The review item's id."))
+
+
+class ReviewApproveView(ReviewDecisionView):
+    decision = "approve"
+
+    @extend_schema(
+        operation_id="review_approve", tags=["review"], summary=_("Approve a review item"),
+        description=_("The upload is fine: a flagged product becomes searchable. Staff only."),
+        request=ReviewDecisionSerializer, parameters=[ITEM_ID])
+    def post(self, request: Request, version: str, item_id: int) -> Response:
+        return super().post(request, version, item_id)
+
+
+class ReviewRejectView(ReviewDecisionView):
+    decision = "reject"
+
+    @extend_schema(
+        operation_id="review_reject", tags=["review"], summary=_("Reject a review item"),
+        description=_("The upload is not acceptable: the product stays out of search until it "
+                      "gets a new picture. Staff only."),
+        request=ReviewDecisionSerializer, parameters=[ITEM_ID])
+    def post(self, request: Request, version: str, item_id: int) -> Response:
+        return super().post(request, version, item_id)
+
+
+class UnknownRouteView(APIView):
+    """Any other path under the API's prefix: the API's 404 error body, not the site's HTML page
+    (e.g. ``review/abc/approve/``, which ``<int:item_id>`` does not match). Not in the schema."""
+
+    def get_exception_handler(self) -> Callable[..., Response | None]:
+        return api_exception_handler
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        raise exceptions.NotFound()
+
+
+SCHEMA_SETTINGS = {
+    "TITLE": "clip_search storefront API",
+    "DESCRIPTION": (
+        "Product search (words, pictures, more like this) and the staff review queue. Every "
+        "error is `{\"error\": {\"code\", \"message\", \"detail\"}}`. Throttle scopes: "
+        "`clip_search` (search, similar) and `clip_search_image` (image search)."),
+    "VERSION": "1",
+    "PREPROCESSING_HOOKS": ["clip_search.api.schema.api_endpoints_only"],
+    "COMPONENT_SPLIT_REQUEST": True,  # file uploads as binary in request bodies
+}
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI 3 document of this API alone (YAML, or JSON with ``?format=json``)."""
+
+    versioning_class = ApiVersioning
+    custom_settings = SCHEMA_SETTINGS
+
+
+class DocsView(SpectacularSwaggerView):
+    """Swagger UI over ``SchemaView`` (offline with drf-spectacular-sidecar, SWAGGER_UI_DIST)."""
+
+    versioning_class = ApiVersioning
+    url_name = "clip_search_api:schema"
+    title = SCHEMA_SETTINGS["TITLE"]

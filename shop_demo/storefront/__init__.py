@@ -1,0 +1,1 @@
+"""The demo storefront: one page that searches through the clip_search REST API."""
