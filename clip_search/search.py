@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import BigIntegerField, BooleanField, FloatField
 from django.utils.translation import gettext_lazy as _
 
@@ -165,7 +165,8 @@ def search(
     query = sql.FusedQuery(
         content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
         encoder_id=encoder.pk, dimension=encoder.dimension,
-        base=_base(queryset), exclude_pk=exclude_pk, vector=vector, text=info.query,
+        base=_base(queryset), pk_type=model._meta.pk.cast_db_type(connections[queryset.db]),
+        exclude_pk=exclude_pk, vector=vector, text=info.query,
         exact_tokens=exact_tokens(info.query), vector_statuses=vector_statuses,
         text_statuses=text_statuses, depth=depth, weights=weights, rrf_k=options["RRF_K"],
         exact_boost=EXACT_BOOST, text_search_config=options["TEXT_SEARCH_CONFIG"],

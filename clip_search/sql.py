@@ -86,6 +86,7 @@ class FusedQuery:
     encoder_id: int
     dimension: int
     base: tuple[str, Sequence] | None  # the shop queryset's ``SELECT pk`` (its filters), or None
+    pk_type: str  # the shop pk's SQL type ("integer", "uuid", ...): object_pk is cast to it
     exclude_pk: str | None
     vector: Sequence[float] | None
     text: str
@@ -205,8 +206,13 @@ def _scope(query: FusedQuery) -> tuple[str, list]:
     clauses = ["e.encoder_id = %s", "e.content_type_id = %s"]
     params: list = [int(query.encoder_id), int(query.content_type_id)]
     if query.base is not None:
+        # object_pk is cast to the pk's type, not the pk to text: then each hit of an index scan
+        # is checked against the shop table's pk index (a nested loop over a few hundred
+        # rows), where a text comparison had to hash the whole filtered table in every leg and
+        # led the planner to sort every vector instead of walking the HNSW graph. The cast
+        # only meets this model's rows: the content type is a filter of the scan below it.
         base_sql, base_params = query.base
-        clauses.append(f"e.object_pk IN (SELECT base.pk::text FROM ({base_sql}) AS base(pk))")
+        clauses.append(f"e.object_pk::{query.pk_type} IN (SELECT base.pk FROM ({base_sql}) AS base(pk))")
         params.extend(base_params)
     if query.exclude_pk is not None:
         clauses.append("e.object_pk <> %s")

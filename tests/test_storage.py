@@ -96,7 +96,8 @@ def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
         cursor.execute("ANALYZE clip_search_embedding")
     query = sql.FusedQuery(
         content_type_id=ContentType.objects.get_for_model(Product).pk, encoder_id=encoder.pk,
-        dimension=512, base=None, exclude_pk=None, vector=vectors[42].tolist(), text="red mug",
+        dimension=512, base=None, pk_type="integer", exclude_pk=None, vector=vectors[42].tolist(),
+        text="red mug",
         exact_tokens=["red mug"], vector_statuses=["indexed"], text_statuses=["indexed"],
         depth={"vector": 50, "fulltext": 50, "keyword": 50},
         weights={"vector": 1, "fulltext": 1, "keyword": 1},
