@@ -79,6 +79,7 @@ NOISE = (0.3, 0.5)  # per-cluster norm of the Gaussian noise added to a centre
 SKU_QUERY_SHARE = 0.05
 SHALLOW = {"vector": 100}  # a per-call depth: search() then sets hnsw.ef_search 100 instead of 200
 TIE = 1e-6  # cosine distance within which an ANN hit ties with the exact 10th
+EPSILON = 1e-3  # ann-benchmarks' tolerance (its default): reported beside the strict figure
 TARGET_API_P95_MS = 40.0
 TARGET_RECALL, TARGET_RECALL_1PCT = 0.95, 0.90
 ONNX_INT8 = {"BACKEND": "onnx", "QUANTIZE": True}
@@ -702,17 +703,23 @@ def vector_recall(scopes, library, vectors, catalog: Catalog) -> dict[str, float
     print("\n## Recall@10 of the vector leg (`search()`, other legs' weights 0) vs exact scan\n")
     print("default depth: vector depth 200, so hnsw.ef_search 200; depth 100: `depth={'vector': 100}`, "
           "ef_search 100. The plan that ran is in the EXPLAIN section (an exact scan scores 1.0).\n")
-    print("| scope | share | queries | recall@10 | min | returned < 10 | recall@10, depth 100 | min |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"Strict: a hit counts within {TIE:g} of the exact 10th distance. ann-benchmarks' convention "
+          f"(ε {EPSILON:g}): within {EPSILON:g}. Gap: exact 100th minus 10th distance (mean): how "
+          "near-tied the data is.\n")
+    print("| scope | share | queries | recall@10 | min | returned < 10 | recall@10, depth 100 | min "
+          "| recall@10, ε | gap 10th→100th |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scope in scopes:
         mask = scope.mask(catalog)
         allowed_ids, allowed = ids[mask], matrix[mask]
         position = {pk: i for i, pk in enumerate(allowed_ids)}
-        per_query: dict[str, list[float]] = {"default": [], "shallow": []}
+        per_query: dict[str, list[float]] = {"default": [], "shallow": [], "epsilon": [], "gap": []}
         short = 0
         for query in library[scope.name]:
             distance = 1 - allowed @ vectors.vectors[query]
-            tenth = np.partition(distance, 9)[9]
+            nearest = np.partition(distance, 99)[:100]
+            tenth = np.partition(nearest, 9)[9]
+            per_query["gap"].append(float(nearest.max() - tenth))
             for key, depth in (("default", None), ("shallow", SHALLOW)):
                 with query_encoder(vectors):
                     _elapsed, page = timed_search(scope.queryset(), query, LEGS_ALONE["vector"], limit=10,
@@ -721,10 +728,13 @@ def vector_recall(scopes, library, vectors, catalog: Catalog) -> dict[str, float
                 short += key == "default" and len(hits) < 10
                 hit_distance = np.array([distance[position[pk]] for pk in hits])
                 per_query[key].append(min(10, int((hit_distance <= tenth + TIE).sum())) / 10)
+                if key == "default":
+                    per_query["epsilon"].append(min(10, int((hit_distance <= tenth + EPSILON).sum())) / 10)
         results[scope.name] = float(np.mean(per_query["default"]))
         print(f"| {scope.name} | {100 * scope.share:.1f} % | {len(per_query['default'])} | "
               f"{results[scope.name]:.3f} | {min(per_query['default']):.1f} | {short} | "
-              f"{np.mean(per_query['shallow']):.3f} | {min(per_query['shallow']):.1f} |")
+              f"{np.mean(per_query['shallow']):.3f} | {min(per_query['shallow']):.1f} | "
+              f"{np.mean(per_query['epsilon']):.3f} | {np.mean(per_query['gap']):.4f} |")
     return results
 
 
