@@ -18,54 +18,21 @@ from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from clip_search import encoders, moderation
-from clip_search.indexing import register_encoder
 from clip_search.models import Embedding, EncoderModel, ReviewDecision, ReviewItem
-from clip_search.registry import registry
-from clip_search.reindex import reindex_inline
-from clip_search.signals import connect_registration, disconnect_registration
 from shop_demo.catalog.generator import generate_catalog
-from shop_demo.catalog.models import Brand, Category, Product
+from shop_demo.catalog.models import Product
 from tests.broker import free_port, producer
-from tests.catalog import create_product
+from tests.catalog import embedded_catalog
 
 CATALOG_SIZE = 40
 CHANGELIST = "admin:catalog_product_changelist"
 REVIEW_CHANGELIST = "admin:clip_search_reviewitem_changelist"
 
 Status = Embedding.Status
-
-
-@contextlib.contextmanager
-def embedded_catalog(specs: list, media: Path, django_db_blocker) -> Iterator[list[tuple]]:
-    """The drawn products, embedded inline and committed; deleted afterwards.
-
-    The database is unblocked only to create and to delete them, so a test that forgets
-    the ``db`` fixture fails instead of committing its own rows.
-    """
-    registration = registry.get(Product)
-    with override_settings(MEDIA_ROOT=media):
-        with django_db_blocker.unblock():
-            disconnect_registration(registration)
-            try:
-                products = [create_product(spec) for spec in specs]
-            finally:
-                connect_registration(registration)
-            summary = reindex_inline(registration, register_encoder(), missing_only=True, batch_size=64)
-            assert not summary.errors, summary.errors
-        try:
-            yield list(zip(specs, products, strict=True))
-        finally:
-            with django_db_blocker.unblock():
-                Embedding.objects.all().delete()
-                EncoderModel.objects.all().delete()
-                Product.objects.all().delete()
-                Brand.objects.all().delete()
-                Category.objects.all().delete()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 from django.db import connections
 
 from shop_demo.catalog.generator import generate_catalog
+from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
-from tests.test_admin import embedded_catalog
 
 pytestmark = pytest.mark.browser
 

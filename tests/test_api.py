@@ -6,11 +6,7 @@ picture finds it), so they hold for the under-trained quick model too.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -21,49 +17,23 @@ from PIL import Image
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
-from clip_search import encoders
 from clip_search.api import urls as api_urls
 from clip_search.api import views as api_views
-from clip_search.indexing import register_encoder
-from clip_search.models import Embedding, EncoderModel, ReviewDecision, ReviewItem
+from clip_search.models import Embedding, ReviewDecision, ReviewItem
 from clip_search.moderation import Verdict, open_review
-from clip_search.registry import registry
-from clip_search.reindex import reindex_inline
-from clip_search.signals import connect_registration, disconnect_registration
 from shop_demo.catalog.generator import generate_catalog
-from shop_demo.catalog.models import Brand, Category, Product
-from tests.catalog import create_product
+from shop_demo.catalog.models import Category, Product
+from tests.catalog import embedded_catalog, encoder_weights_deleted
 
 CATALOG_SIZE = 120
 Status = Embedding.Status
 
 
-@contextlib.contextmanager
-def embedded_catalog(django_db_blocker, media: Path, size: int, seed: int) -> Iterator[list]:
-    """``size`` drawn products, embedded, committed for a module and deleted after it."""
-    registration = registry.get(Product)
-    with django_db_blocker.unblock(), override_settings(MEDIA_ROOT=media):
-        disconnect_registration(registration)
-        try:
-            specs = generate_catalog(size, seed=seed)
-            products = [create_product(spec) for spec in specs]
-        finally:
-            connect_registration(registration)
-        summary = reindex_inline(registration, register_encoder(), missing_only=True, batch_size=64)
-        assert not summary.errors
-        try:
-            yield list(zip(specs, products, strict=True))
-        finally:
-            Embedding.objects.all().delete()
-            EncoderModel.objects.all().delete()
-            Product.objects.all().delete()
-            Brand.objects.all().delete()
-            Category.objects.all().delete()
-
-
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
-    with embedded_catalog(django_db_blocker, tmp_path_factory.mktemp("media"), CATALOG_SIZE, 2026) as rows:
+    specs = generate_catalog(CATALOG_SIZE, seed=2026)
+    with django_db_blocker.unblock(), \
+            embedded_catalog(specs, tmp_path_factory.mktemp("media"), django_db_blocker) as rows:
         yield rows
 
 
@@ -329,16 +299,8 @@ def test_a_broken_empty_missing_or_bomb_image_is_400(api, shown):
 @pytest.fixture
 def encoder_down(shown, tmp_path, demo_model_dir):
     """The active encoder's weights are really gone (a deleted copy), not a mock."""
-    encoder = EncoderModel.objects.get(is_active=True)
-    moved = tmp_path / "model"
-    shutil.copytree(demo_model_dir, moved)
-    original = encoder.name
-    EncoderModel.objects.filter(pk=encoder.pk).update(name=f"local-dir:{moved}")
-    shutil.rmtree(moved)
-    encoders.reset()
-    yield
-    EncoderModel.objects.filter(pk=encoder.pk).update(name=original)
-    encoders.reset()
+    with encoder_weights_deleted(demo_model_dir, tmp_path):
+        yield
 
 
 def test_with_the_encoder_down_search_degrades_and_image_search_is_503(api, shown, encoder_down):

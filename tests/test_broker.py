@@ -26,7 +26,7 @@ from tests.broker import (
     unique_queue,
     wait_for,
 )
-from tests.catalog import create_product
+from tests.catalog import create_product, imported
 from tests.conftest import require
 
 pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
@@ -134,15 +134,7 @@ def reindex_command(queue: str, media, broker_url: str, *args: str) -> subproces
 
 def test_a_worker_killed_mid_reindex_then_a_rerun_leaves_one_row_per_product(
         redis_url, start_worker, queue, media):
-    from clip_search.registry import registry
-    from clip_search.signals import connect_registration, disconnect_registration
-
-    registration = registry.get(Product)
-    disconnect_registration(registration)  # products arrive by import, without signals
-    try:
-        products = [create_product(spec) for spec in generate_catalog(120, seed=8)]
-    finally:
-        connect_registration(registration)
+    products = imported(generate_catalog(120, seed=8))
     register_encoder()
     # A short visibility timeout, so the killed worker's unacknowledged batch comes back soon.
     first = start_worker(redis_url, CELERY_VISIBILITY_TIMEOUT="5")

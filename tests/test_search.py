@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import random
-import shutil
 
 import numpy as np
 import pytest
-from django.test import override_settings
 
-from clip_search import encoders
-from clip_search.indexing import register_encoder
 from clip_search.models import Embedding, EncoderModel
-from clip_search.registry import registry
-from clip_search.reindex import reindex_inline
 from clip_search.search import SearchError, search
-from clip_search.signals import connect_registration, disconnect_registration
 from shop_demo.catalog.generator import generate_catalog
-from shop_demo.catalog.models import Brand, Category, Product
-from tests.catalog import create_product
+from shop_demo.catalog.models import Product
+from tests.catalog import embedded_catalog, encoder_weights_deleted
 
 CATALOG_SIZE = 400
 
@@ -26,26 +19,9 @@ CATALOG_SIZE = 400
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
     """400 drawn products, embedded once for the module (committed, then deleted)."""
-    media = tmp_path_factory.mktemp("media")
-    registration = registry.get(Product)
-    with django_db_blocker.unblock(), override_settings(MEDIA_ROOT=media):
-        disconnect_registration(registration)
-        try:
-            specs = generate_catalog(CATALOG_SIZE, seed=2024)
-            products = [create_product(spec) for spec in specs]
-        finally:
-            connect_registration(registration)
-        encoder = register_encoder()
-        summary = reindex_inline(registration, encoder, missing_only=True, batch_size=64)
-        assert not summary.errors
-    with override_settings(MEDIA_ROOT=media):  # tests still need the `db` fixture to query
-        yield list(zip(specs, products, strict=True))
-    with django_db_blocker.unblock():
-        Embedding.objects.all().delete()
-        EncoderModel.objects.all().delete()
-        Product.objects.all().delete()
-        Brand.objects.all().delete()
-        Category.objects.all().delete()
+    specs = generate_catalog(CATALOG_SIZE, seed=2024)
+    with embedded_catalog(specs, tmp_path_factory.mktemp("media"), django_db_blocker) as rows:
+        yield rows
 
 
 @pytest.fixture
@@ -143,21 +119,11 @@ def test_hostile_and_odd_queries_are_answered(searchable, query):
 def test_without_a_text_encoder_the_keyword_legs_answer_and_say_so(searchable, tmp_path, demo_model_dir):
     """A real missing model: the active encoder's directory is deleted, not a mock."""
     spec, product = searchable[7]
-    encoder = EncoderModel.objects.get(is_active=True)
-    moved = tmp_path / "model"
-    shutil.copytree(demo_model_dir, moved)
-    original = encoder.name
-    EncoderModel.objects.filter(pk=encoder.pk).update(name=f"local-dir:{moved}")
-    shutil.rmtree(moved)
-    encoders.reset()
-    try:
+    with encoder_weights_deleted(demo_model_dir, tmp_path):
         results = search(Product.objects.all(), text=spec.sku)
         assert pks(results)[0] == product.pk
         assert results.search_info.is_degraded and "vector" in results.search_info.degraded
         assert results.search_info.legs == ["fulltext", "keyword"]
-    finally:
-        EncoderModel.objects.filter(pk=encoder.pk).update(name=original)
-        encoders.reset()
 
 
 def exact_top10(queryset, query_vector, dimension, limit=10):

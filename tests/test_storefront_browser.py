@@ -15,9 +15,9 @@ from django.views.static import serve
 from playwright.sync_api import Page
 
 from shop_demo import urls as shop_urls
-from shop_demo.catalog.generator import CATEGORY_LABELS
+from shop_demo.catalog.generator import CATEGORY_LABELS, generate_catalog
+from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
-from tests.test_api import embedded_catalog
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +33,9 @@ urlpatterns = [*shop_urls.urlpatterns, re_path(r"^media/(?P<path>.*)$", serve_me
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
     """A small drawn catalog, embedded and committed so the live server sees it."""
-    with embedded_catalog(django_db_blocker, tmp_path_factory.mktemp("media"), 48, 31) as rows:
+    with django_db_blocker.unblock(), \
+            embedded_catalog(generate_catalog(48, seed=31), tmp_path_factory.mktemp("media"),
+                             django_db_blocker) as rows:
         yield [(spec, product) for spec, product in rows if spec.is_public and not spec.is_unsafe]
     # Playwright's sync API keeps an event loop running in this thread, and then Django keeps
     # the thread's connections per async context (asgiref's Local): the ones opened since it

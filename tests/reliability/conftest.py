@@ -14,7 +14,8 @@ from django.core.cache import cache
 from django.test import override_settings
 from django.test.testcases import LiveServerThread, _StaticFilesHandler
 
-from tests.test_api import embedded_catalog
+from shop_demo.catalog.generator import generate_catalog
+from tests.catalog import embedded_catalog
 from tests.test_broker import media, queue, redis_url, start_worker  # noqa: F401 - fixtures
 
 # Rates high enough that a bounded fuzz or load run measures the server, not the throttle
@@ -48,7 +49,8 @@ def live_shop(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_facto
     """A live server over 40 embedded drawn products (committed for the module), unthrottled;
     yields its URL and the products the storefront shows."""
     media_root = tmp_path_factory.mktemp("live-media")
-    with embedded_catalog(django_db_blocker, media_root, 40, 4242) as rows, \
+    with django_db_blocker.unblock(), \
+            embedded_catalog(generate_catalog(40, seed=4242), media_root, django_db_blocker) as rows, \
             override_settings(REST_FRAMEWORK=unthrottled()), live_server_thread() as url:
         cache.clear()
         yield url, storefront_products(rows)

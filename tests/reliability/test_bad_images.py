@@ -19,12 +19,10 @@ from rest_framework.test import APIClient
 
 from clip_search.indexing import register_encoder
 from clip_search.models import Embedding
-from clip_search.registry import registry
-from clip_search.signals import connect_registration, disconnect_registration
 from clip_search.tasks import embed_batch
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.catalog import create_product
+from tests.catalog import create_product, signals_off
 from tests.test_admin import filesystem_broker, queued_tasks
 from tests.test_api import assert_error, fresh_throttles, image_search  # noqa: F401 - a fixture
 from tests.test_imaging import encode, huge_png
@@ -112,18 +110,14 @@ def assert_row(kind: str, product: Product) -> None:
 def products_with(kinds: list[str], seed: int) -> dict[str, Product]:
     """A product per kind whose image field names that file, as an import or a FileField would
     store it (the admin form's own validation is not in the way)."""
-    registration = registry.get(Product)
-    disconnect_registration(registration)
-    try:
-        products = {}
+    products = {}
+    with signals_off():
         for kind, spec in zip(kinds, generate_catalog(len(kinds), seed=seed), strict=True):
             product = create_product(spec)
             name, data, _ = KINDS[kind]
             product.image.save(name, ContentFile(data), save=True)
             products[kind] = product
-        return products
-    finally:
-        connect_registration(registration)
+    return products
 
 
 # --------------------------------------------------------------------------- the embed task

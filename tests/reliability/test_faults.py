@@ -31,12 +31,11 @@ from clip_search.indexing import register_encoder
 from clip_search.models import Embedding, EncoderModel, ReviewItem
 from clip_search.registry import registry
 from clip_search.reindex import reindex_inline
-from clip_search.signals import connect_registration, disconnect_registration
 from clip_search.tasks import enqueue, sweep
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.broker import RedisServer, producer, wait_for
-from tests.catalog import create_product
+from tests.catalog import create_product, imported
 from tests.conftest import require
 from tests.reliability.conftest import storefront_products
 from tests.test_broker import DONE, finished
@@ -49,16 +48,6 @@ broker = pytest.mark.broker
 QUICK_REDELIVERY = {"DJANGO_SETTINGS_MODULE": "tests.reliability.worker_settings",
                     "CELERY_VISIBILITY_TIMEOUT": "5"}
 transactional = pytest.mark.django_db(transaction=True)
-
-
-def imported(specs) -> list[Product]:
-    """Products that arrive without signals (an import): nothing is queued for them yet."""
-    registration = registry.get(Product)
-    disconnect_registration(registration)
-    try:
-        return [create_product(spec) for spec in specs]
-    finally:
-        connect_registration(registration)
 
 
 @contextlib.contextmanager

@@ -20,10 +20,12 @@ from rest_framework.test import APIClient
 
 from clip_search import moderation
 from clip_search.models import Embedding, ReviewItem
+from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
+from tests.catalog import embedded_catalog
 from tests.reliability.conftest import unthrottled
 from tests.test_admin import filesystem_broker, queued_tasks
-from tests.test_api import assert_error, embedded_catalog, image_search, limits, url
+from tests.test_api import assert_error, image_search, limits, url
 from tests.test_imaging import huge_png
 
 Status = Embedding.Status
@@ -32,7 +34,9 @@ CATALOG_SIZE = 16
 
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
-    with embedded_catalog(django_db_blocker, tmp_path_factory.mktemp("media"), CATALOG_SIZE, 77) as rows:
+    with django_db_blocker.unblock(), \
+            embedded_catalog(generate_catalog(CATALOG_SIZE, seed=77), tmp_path_factory.mktemp("media"),
+                             django_db_blocker) as rows:
         yield [product for _, product in rows]
 
 
