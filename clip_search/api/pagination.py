@@ -64,6 +64,13 @@ class SearchPagination(ApiPagination):
         self.search_info = getattr(queryset, "search_info", None)
         return super().paginate_queryset(queryset, request, view)
 
+    def get_count(self, queryset: QuerySet) -> int:
+        """The hits search() found, already within the queryset's filters: no COUNT(*) query
+        (with its lookup arrays, ~4 ms a page at 200k products)."""
+        if self.search_info is None:
+            return super().get_count(queryset)
+        return len(self.search_info.hits)
+
     def get_paginated_response(self, data: list[Any]) -> Response:
         info = self.search_info
         return Response({
