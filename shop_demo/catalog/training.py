@@ -88,5 +88,8 @@ def demo_training_args(output: str | None = None) -> TrainingArgs:
         # 16-px patches of a 64-px image: a quarter of the 8-px tokens, so four times the steps
         # fit the same few minutes, and those steps matter more than the finer grid (measured).
         steps=2000, batch_size=64, lr=1e-3, warmup=100, seed=0,
-        near_misses=0.25, extra={"extra_unsafe": 600},
+        # 1,200 extra knives, not 600: the trained weights differ by CPU (AVX-512 here), and at
+        # 600 one machine's model flagged only 94-98 % of fresh knives (1,200: 97-100 %, with
+        # held-out precision@5 0.79 instead of 0.87; the tests ask >= 96 % and >= 0.7).
+        near_misses=0.25, extra={"extra_unsafe": 1200},
     )
