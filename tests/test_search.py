@@ -45,6 +45,38 @@ def test_an_exact_sku_is_always_first(searchable):
             assert results[0].keyword_exact and results[0].search_rank == 1
 
 
+def test_a_partial_sku_finds_its_product(searchable):
+    """A query with a digit reads the trigram index: the SKU without its brand code still matches."""
+    rng = random.Random(2)
+    for spec, product in rng.sample(searchable, 20):
+        partial = spec.sku.split("-", 1)[1]  # "MUG-01234" of "BWL-MUG-01234"
+        results = list(search(Product.objects.all(), text=partial))
+        # Not an exact value, so no boost: its keyword rank 1 may tie with the vector leg's first.
+        top = {hit.pk: hit for hit in results[:2]}
+        assert product.pk in top, partial
+        assert top[product.pk].keyword_rank == 1 and not top[product.pk].keyword_exact
+
+
+def test_a_brand_keeps_the_products_the_other_legs_found(searchable):
+    """A brand matches more products than the keyword leg keeps (as at any real catalog size):
+    it keeps those the vector leg found, the only ones the fusion can lift."""
+    spec, _product = searchable[11]
+    results = list(search(Product.objects.all(), text=spec.brand, depth={"keyword": 5},
+                          weights={"fulltext": 0}))
+    keyword_hits = [hit for hit in results if hit.keyword_rank]
+    assert len(keyword_hits) == 5
+    assert all(hit.brand.name == spec.brand and hit.keyword_exact and hit.vector_rank for hit in keyword_hits)
+
+
+def test_a_misspelt_brand_still_matches_its_products(searchable):
+    brands = sorted({spec.brand for spec, _product in searchable})
+    for brand in brands[:4]:
+        results = list(search(Product.objects.all(), text=brand[:-1].lower()))
+        keyword_hits = [hit for hit in results if hit.keyword_rank]
+        assert keyword_hits, brand
+        assert all(hit.brand.name == brand and not hit.keyword_exact for hit in keyword_hits), brand
+
+
 def test_results_are_the_shops_queryset_annotated_with_score_and_leg_ranks(searchable):
     results = search(Product.objects.filter(in_stock=True), text="red mug")
     hits = list(results)

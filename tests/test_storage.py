@@ -19,7 +19,7 @@ def test_migrations_created_the_extensions_and_indexes():
         assert cursor.fetchone()[0] == "vector"  # untyped: each encoder has its own dimension
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'clip_search_embedding'")
         definitions = " ".join(r[0] for r in cursor.fetchall())
-    assert "USING gist (keywords gist_trgm_ops (siglen='256'))" in definitions
+    assert "USING gin (keywords gin_trgm_ops)" in definitions
     assert "USING gin (search_document)" in definitions
 
 
