@@ -57,13 +57,15 @@ def drop_vector_index(encoder_id: int, using: str = "default") -> None:
 
 def set_local_search_params(ef_search: int, iterative_scan: str, trigram_threshold: float | None = None,
                             using: str = "default") -> None:
-    """pgvector and pg_trgm settings for the current transaction only (pgvector-python #43)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
-                       "set_config('hnsw.iterative_scan', %s, true)", [str(int(ef_search)), iterative_scan])
-        if trigram_threshold is not None:
-            cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)",
-                           [str(float(trigram_threshold))])
+    """pgvector, pg_trgm and planner settings for the current transaction only (pgvector-python #43)."""
+    # No JIT: compiling costs 50-200 ms whenever the planner's estimate passes jit_above_cost,
+    # and this statement's LIMITed index scans finish long before compiled code would pay off.
+    settings = {"hnsw.ef_search": str(int(ef_search)), "hnsw.iterative_scan": iterative_scan, "jit": "off"}
+    if trigram_threshold is not None:
+        settings["pg_trgm.word_similarity_threshold"] = str(float(trigram_threshold))
+    with connections[using].cursor() as cursor:  # one round trip for all of them
+        cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings)),
+                       [item for pair in settings.items() for item in pair])
 
 
 def extension_status(connection: BaseDatabaseWrapper, name: str) -> tuple[bool, bool]:
@@ -127,9 +129,13 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
     legs: list[tuple[str, str, list]] = []  # (name, CTE body, params)
     scope, scope_params = _scope(query)
     if query.vector is not None and query.weights["vector"] > 0:
+        # The text legs rank the vector hits too: they carry what those legs read, and no leg
+        # fetches the same 200 rows again.
+        carried = ", search_document, keywords, keyword_tokens" if query.text else ""
         legs.append(("vector", f"""
-            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance FROM (
+            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance{carried} FROM (
                 SELECT e.object_pk, e.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
+                       {carried.replace(", ", ", e.")}
                 FROM clip_search_embedding e
                 WHERE {scope} AND e.status = ANY(%s)
                 ORDER BY distance LIMIT %s) AS hits""",
@@ -184,24 +190,24 @@ def _fulltext_leg(query: FusedQuery, scope: str, scope_params: list, others: lis
     When fewer than ``READ_FACTOR × depth`` products match, this is the exact ranking of all.
     """
     depth = query.depth["fulltext"]
+    from_vector = "vector" in others
     parts = [f"""
-        (SELECT e.object_pk, e.search_document FROM clip_search_embedding e
+        (SELECT e.object_pk, e.search_document, e.keywords, e.keyword_tokens
+         FROM clip_search_embedding e
          WHERE {scope} AND e.status = ANY(%s) AND e.search_document @@ (SELECT query FROM q)
+           {"AND e.object_pk NOT IN (SELECT object_pk FROM vector_leg)" if from_vector else ""}
          LIMIT %s)"""]
     params = [query.text_search_config, query.text, *scope_params, query.text_statuses, depth * READ_FACTOR]
-    if "vector" in others:
+    if from_vector:
         parts.append("""
-        (SELECT e.object_pk, e.search_document FROM vector_leg AS c
-         JOIN clip_search_embedding e ON e.object_pk = c.object_pk
-         WHERE e.encoder_id = %s AND e.content_type_id = %s
-           AND e.search_document @@ (SELECT query FROM q))""")
-        params += [int(query.encoder_id), int(query.content_type_id)]
+        (SELECT object_pk, search_document, keywords, keyword_tokens FROM vector_leg
+         WHERE search_document @@ (SELECT query FROM q))""")
     return f"""
         WITH q(query) AS (SELECT websearch_to_tsquery(%s::regconfig, %s))
-        SELECT object_pk, rank() OVER (ORDER BY score DESC) AS rank, score FROM (
-            SELECT object_pk, max(ts_rank_cd(found.search_document, (SELECT query FROM q))) AS score
+        SELECT object_pk, rank() OVER (ORDER BY score DESC) AS rank, score, keywords, keyword_tokens FROM (
+            SELECT object_pk, ts_rank_cd(search_document, (SELECT query FROM q)) AS score,
+                   keywords, keyword_tokens
             FROM ({" UNION ALL ".join(parts)}) AS found
-            GROUP BY object_pk
             ORDER BY score DESC LIMIT %s) AS hits""", [*params, depth]
 
 
@@ -219,15 +225,14 @@ def _keyword_leg(query: FusedQuery, scope: str, scope_params: list, others: list
     depth, text, tokens = query.depth["keyword"], query.text, query.exact_tokens
     found, params = [], []
     if others:
-        candidates = " UNION ".join(f"SELECT object_pk FROM {name}_leg" for name in others)
+        candidates = " UNION ".join(f"SELECT object_pk, keywords, keyword_tokens FROM {name}_leg"
+                                    for name in others)
         found.append(f"""
-            (SELECT e.object_pk, e.keyword_tokens && %s::varchar[] AS exact,
-                    word_similarity(%s, e.keywords) AS similarity, true AS candidate
+            (SELECT object_pk, keyword_tokens && %s::varchar[] AS exact,
+                    word_similarity(%s, keywords) AS similarity, true AS candidate
              FROM ({candidates}) AS c
-             JOIN clip_search_embedding e ON e.object_pk = c.object_pk
-             WHERE e.encoder_id = %s AND e.content_type_id = %s
-               AND (e.keyword_tokens && %s::varchar[] OR %s <%% e.keywords))""")
-        params += [tokens, text, int(query.encoder_id), int(query.content_type_id), tokens, text]
+             WHERE keyword_tokens && %s::varchar[] OR %s <%% keywords)""")
+        params += [tokens, text, tokens, text]
     found.append(f"""
         (SELECT e.object_pk, true AS exact, word_similarity(%s, e.keywords) AS similarity,
                 false AS candidate

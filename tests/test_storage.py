@@ -124,3 +124,18 @@ def test_deleting_an_encoder_drops_its_index():
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
         assert cursor.fetchone() is None
+
+
+@pytest.mark.django_db(transaction=True)  # a real transaction to end, not the test's savepoint
+def test_search_settings_last_for_the_transaction_only():
+    def current() -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan'), "
+                           "current_setting('pg_trgm.word_similarity_threshold'), current_setting('jit')")
+            return cursor.fetchone()
+
+    before = current()
+    with transaction.atomic():
+        sql.set_local_search_params(ef_search=321, iterative_scan="relaxed_order", trigram_threshold=0.45)
+        assert current() == ("321", "relaxed_order", "0.45", "off")
+    assert current() == before != ("321", "relaxed_order", "0.45", "off")
