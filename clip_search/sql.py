@@ -217,39 +217,41 @@ def _keyword_leg(query: FusedQuery, scope: str, scope_params: list, others: list
     A brand matches a tenth of a catalog. Of its rows the leg keeps first the ones the other
     legs found, the only ones the fusion can lift ("nordvik lamp" wants Nordvik lamps, not any
     Nordvik product), then exact ones from the tokens' GIN index. The trigram index is read
-    (bounded) only when the other legs cannot have found the match: the query holds an
-    identifier (a partial SKU), or the vector leg is not running. A query of plain words ("red
-    mug") skips it: there the index hands out every SKU with "mug" in it, each to fail the
-    similarity recheck (17-40 ms at 200k products, for no row).
+    (bounded) only when the other legs cannot have found the match and no value matched
+    exactly: the query holds an identifier (a partial SKU), or the vector leg is not running.
+    A query of plain words ("red mug") skips it: there the index hands out every SKU with "mug"
+    in it, each to fail the similarity recheck (17-40 ms at 200k products, for no row).
     """
     depth, text, tokens = query.depth["keyword"], query.text, query.exact_tokens
-    found, params = [], []
+    exact = f"""
+        SELECT e.object_pk, true AS exact, word_similarity(%s, e.keywords) AS similarity,
+               false AS candidate
+        FROM clip_search_embedding e
+        WHERE {scope} AND e.status = ANY(%s) AND e.keyword_tokens && %s::varchar[]
+        LIMIT %s"""
+    params = [text, *scope_params, query.text_statuses, tokens, depth]
+    found = ["SELECT * FROM exact"]
     if others:
         candidates = " UNION ".join(f"SELECT object_pk, keywords, keyword_tokens FROM {name}_leg"
                                     for name in others)
         found.append(f"""
-            (SELECT object_pk, keyword_tokens && %s::varchar[] AS exact,
-                    word_similarity(%s, keywords) AS similarity, true AS candidate
-             FROM ({candidates}) AS c
-             WHERE keyword_tokens && %s::varchar[] OR %s <%% keywords)""")
+            SELECT object_pk, keyword_tokens && %s::varchar[], word_similarity(%s, keywords), true
+            FROM ({candidates}) AS c
+            WHERE keyword_tokens && %s::varchar[] OR %s <%% keywords""")
         params += [tokens, text, tokens, text]
-    found.append(f"""
-        (SELECT e.object_pk, true AS exact, word_similarity(%s, e.keywords) AS similarity,
-                false AS candidate
-         FROM clip_search_embedding e
-         WHERE {scope} AND e.status = ANY(%s) AND e.keyword_tokens && %s::varchar[]
-         LIMIT %s)""")
-    params += [text, *scope_params, query.text_statuses, tokens, depth]
     if "vector" not in others or any(c.isdigit() for c in text):
+        # NOT EXISTS over the exact rows is a one-time filter: no read when a value matched.
         found.append(f"""
             (SELECT object_pk, false, similarity, false FROM (
                 SELECT e.object_pk, word_similarity(%s, e.keywords) AS similarity
                 FROM clip_search_embedding e
                 WHERE {scope} AND e.status = ANY(%s) AND %s <%% e.keywords
+                  AND NOT EXISTS (SELECT FROM exact)
                 LIMIT %s) AS fuzzy
              ORDER BY similarity DESC LIMIT %s)""")
         params += [text, *scope_params, query.text_statuses, text, depth * READ_FACTOR, depth]
     return f"""
+        WITH exact AS MATERIALIZED ({exact})
         SELECT object_pk, rank() OVER (ORDER BY exact DESC, similarity DESC) AS rank,
                exact, similarity FROM (
             SELECT object_pk, bool_or(exact) AS exact, max(similarity) AS similarity,

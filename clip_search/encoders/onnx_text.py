@@ -294,9 +294,6 @@ def _session(graph: bytes, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Pool threads spin briefly between operators (ORT's default): with 2 threads a query
     # takes ~7 ms instead of ~10 ms when they have to be woken for each of its ~75 operators.
-    # But they stop when the query is encoded: spinning on after it, they took the cores from
-    # the PostgreSQL backend that runs the search next (the fused statement ran ~2x slower).
-    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
