@@ -174,7 +174,7 @@ def _measures(leg: str, detail: dict[str, Any]) -> list[tuple[str, str]]:
         distance = detail["cosine_distance"]
         return [(_("cosine distance"), number(distance)), (_("cosine similarity"), number(1 - distance))]
     if leg == "fulltext":
-        return [(_("ts_rank_cd"), number(detail["ts_rank_cd"]))]
+        return [(_("ts_rank"), number(detail["ts_rank"]))]
     return [(_("exact match"), _("yes") if detail["exact"] else _("no")),
             (_("trigram word similarity"), number(detail["similarity"]))]
 

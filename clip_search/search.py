@@ -65,7 +65,7 @@ class SearchInfo:
             "vector": None if hit.vector_rank is None else {
                 "rank": hit.vector_rank, "cosine_distance": hit.vector_distance},
             "fulltext": None if hit.fulltext_rank is None else {
-                "rank": hit.fulltext_rank, "ts_rank_cd": hit.fulltext_score},
+                "rank": hit.fulltext_rank, "ts_rank": hit.fulltext_score},
             "keyword": None if hit.keyword_rank is None else {
                 "rank": hit.keyword_rank, "exact": hit.keyword_exact, "similarity": hit.keyword_similarity},
         }

@@ -184,10 +184,13 @@ READ_FACTOR = 10
 
 
 def _fulltext_leg(query: FusedQuery, scope: str, scope_params: list, others: list[str]) -> tuple[str, list]:
-    """Full-text matches ranked by ``ts_rank_cd``: a bounded read of the GIN index, plus every
+    """Full-text matches ranked by ``ts_rank``: a bounded read of the GIN index, plus every
     vector hit that matches, so that the products both legs found are ranked by both.
 
     When fewer than ``READ_FACTOR × depth`` products match, this is the exact ranking of all.
+    ``ts_rank``, not ``ts_rank_cd``: at 200k products it ranked better (top-10 attribute match
+    0.91 against 0.80 over 193 shop queries, bench/README.md) at a twentieth of the cost
+    (0.25 ms against 4.9 ms for 1,800 rows).
     """
     depth = query.depth["fulltext"]
     from_vector = "vector" in others
@@ -205,7 +208,7 @@ def _fulltext_leg(query: FusedQuery, scope: str, scope_params: list, others: lis
     return f"""
         WITH q(query) AS (SELECT websearch_to_tsquery(%s::regconfig, %s))
         SELECT object_pk, rank() OVER (ORDER BY score DESC) AS rank, score, keywords, keyword_tokens FROM (
-            SELECT object_pk, ts_rank_cd(search_document, (SELECT query FROM q)) AS score,
+            SELECT object_pk, ts_rank(search_document, (SELECT query FROM q)) AS score,
                    keywords, keyword_tokens
             FROM ({" UNION ALL ".join(parts)}) AS found
             ORDER BY score DESC LIMIT %s) AS hits""", [*params, depth]

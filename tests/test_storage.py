@@ -130,8 +130,8 @@ def test_deleting_an_encoder_drops_its_index():
 def test_search_settings_last_for_the_transaction_only():
     def current() -> tuple:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan'), "
-                           "current_setting('pg_trgm.word_similarity_threshold'), current_setting('jit')")
+            cursor.execute("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan'),"
+                           " current_setting('pg_trgm.word_similarity_threshold'), current_setting('jit')")
             return cursor.fetchone()
 
     before = current()

@@ -106,7 +106,7 @@ class VectorEvidenceSerializer(serializers.Serializer):
 
 class FulltextEvidenceSerializer(serializers.Serializer):
     rank = serializers.IntegerField()
-    ts_rank_cd = serializers.FloatField()
+    ts_rank = serializers.FloatField()
 
 
 class KeywordEvidenceSerializer(serializers.Serializer):
