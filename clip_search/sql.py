@@ -129,13 +129,13 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
     legs: list[tuple[str, str, list]] = []  # (name, CTE body, params)
     scope, scope_params = _scope(query)
     if query.vector is not None and query.weights["vector"] > 0:
-        # The text legs rank the vector hits too: they carry what those legs read, and no leg
-        # fetches the same 200 rows again.
-        carried = ", search_document, keywords, keyword_tokens" if query.text else ""
+        # The text legs rank the vector hits too: the hits carry what those legs read, so no
+        # leg fetches the same 200 rows again.
+        carried = ("search_document", "keywords", "keyword_tokens") if query.text else ()
+        outer, inner = "".join(f", {c}" for c in carried), "".join(f", e.{c}" for c in carried)
         legs.append(("vector", f"""
-            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance{carried} FROM (
-                SELECT e.object_pk, e.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
-                       {carried.replace(", ", ", e.")}
+            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance{outer} FROM (
+                SELECT e.object_pk, e.vector::vector({int(query.dimension)}) <=> %s::vector AS distance{inner}
                 FROM clip_search_embedding e
                 WHERE {scope} AND e.status = ANY(%s)
                 ORDER BY distance LIMIT %s) AS hits""",
