@@ -134,6 +134,8 @@ def test_search_settings_last_for_the_transaction_only():
                            " current_setting('pg_trgm.word_similarity_threshold'), current_setting('jit')")
             return cursor.fetchone()
 
+    with connection.cursor() as cursor:  # a new connection: load the extensions these settings belong to
+        cursor.execute("SELECT '[1]'::vector, similarity('a', 'b')")
     before = current()
     with transaction.atomic():
         sql.set_local_search_params(ef_search=321, iterative_scan="relaxed_order", trigram_threshold=0.45)
