@@ -542,8 +542,7 @@ def prewarm() -> str:
     """Read the search's tables and indexes into shared_buffers, as a server that has been
     answering searches has them (``pg_prewarm``), after a CHECKPOINT: the load's 1.2 GB of
     dirty pages are otherwise written out in the background for minutes, during the timed
-    part (a full run measured the DRF p95 at 48 ms that way, 38 ms on the same data after).
-    A line for the report."""
+    part. A line for the report."""
     from django.db import connection
 
     started = time.perf_counter()
