@@ -44,8 +44,8 @@ from clip_search import moderation
 from clip_search.conf import clip_settings
 from clip_search.imaging import ImageRejected
 from clip_search.indexing import active_encoder
-from clip_search.models import Embedding, EncoderModel, ReviewDecision, ReviewItem
-from clip_search.registry import Registration, read_path, registry
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding, ReviewDecision, ReviewItem
+from clip_search.registry import Registration, registry
 from clip_search.search import EXACT_BOOST, LEGS, SearchError, SearchInfo, search
 from clip_search.tasks import enqueue
 
@@ -94,16 +94,8 @@ def status_annotation(model: type[models.Model]) -> Subquery | Value:
 
 
 def image_url(registration: Registration, obj: models.Model) -> str | None:
-    """The URL of the product's registered image field; None for callables and empty fields."""
-    if not isinstance(registration.image, str):
-        return None
-    file = read_path(obj, registration.image)
-    if not file:
-        return None
-    try:
-        return file.url
-    except ValueError:  # a FieldFile without a name
-        return None
+    """The URL of the product's first image; None without one (or for bytes from a callable)."""
+    return registration.image_url(obj)
 
 
 def thumbnail(url: str | None, alt: str, size: int = 48) -> SafeString | str:
@@ -221,10 +213,9 @@ class SearchChangeList(ChangeList):
         if facet_count or not self.model_admin.clip_search_columns or not registry.is_registered(self.model):
             return queryset
         queryset = queryset.annotate(**{STATUS_ANNOTATION: status_annotation(self.model)})
-        image = registry.get(self.model).image
-        if isinstance(image, str) and "__" in image:
-            queryset = queryset.select_related(image.rsplit("__", 1)[0])
-        return queryset
+        registration = registry.get(self.model)  # the thumbnails' images, in few queries
+        return queryset.select_related(*registration.related_paths()).prefetch_related(
+            *registration.prefetch_paths())
 
 
 class ClipSearchAdminMixin:
@@ -357,7 +348,7 @@ class ClipSearchAdminMixin:
         display = list(super().get_list_display(request))
         if not self.clip_search_columns or not registry.is_registered(self.model):
             return display
-        front = ["clip_thumbnail"] if isinstance(self.clip_registration.image, str) else []
+        front = ["clip_thumbnail"]
         back = ["clip_score"] if request.GET.get(SEARCH_VAR, "").strip() else []
         back.append("clip_status")
         return [*(c for c in front if c not in display), *display, *(c for c in back if c not in display)]
@@ -601,12 +592,12 @@ class ReviewItemAdmin(admin.ModelAdmin):
                     "created_at", "decided_at")
     list_display_links = ("product",)
     list_filter = ("status", "reason")
-    list_select_related = ("embedding__content_type", "embedding__encoder")
-    search_fields = ("embedding__object_pk", "image_sha256")
+    list_select_related = ("embedding__content_type", "embedding__encoder", "image")
+    search_fields = ("embedding__object_pk", "image_sha256", "image_name")
     actions = ("approve_selected", "reject_selected")
     inlines = (ReviewDecisionInline,)
     readonly_fields = ("large_preview", "product_link", "reason", "status", "flagged_categories",
-                       "score_list", "image_note", "image_sha256", "created_at", "decided_at")
+                       "score_list", "image_note", "image_name", "image_sha256", "created_at", "decided_at")
 
     class Media:
         css = {"all": ("clip_search/admin.css",)}
@@ -619,7 +610,8 @@ class ReviewItemAdmin(admin.ModelAdmin):
         return ReviewChangeList
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
-        return super().get_queryset(request).select_related("embedding__content_type", "embedding__encoder")
+        return super().get_queryset(request).select_related("embedding__content_type", "embedding__encoder",
+                                                            "image")
 
     def get_fieldsets(self, request: HttpRequest, obj: ReviewItem | None = None) -> list:
         fieldsets = [(None, {"fields": self.readonly_fields})]
@@ -643,10 +635,12 @@ class ReviewItemAdmin(admin.ModelAdmin):
         return item.clip_product
 
     def _preview(self, item: ReviewItem, size: int) -> SafeString | str:
+        """The reviewed image itself (a product may have several), while the product has it."""
         product = self._product(item)
         if product is None or not registry.is_registered(type(product)):
             return "—"
-        return thumbnail(image_url(registry.get(type(product)), product), str(product), size)
+        url = moderation.reviewed_image_url(item, product, registry.get(type(product)))
+        return thumbnail(url, str(product), size)
 
     @admin.display(description=_("image"))
     def preview(self, item: ReviewItem) -> SafeString | str:
@@ -689,9 +683,10 @@ class ReviewItemAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("current image"))
     def image_note(self, item: ReviewItem) -> str:
-        if item.embedding.image_sha256 == item.image_sha256:
-            return str(_("This is the product's current image."))
-        return str(_("The product's image has changed since this upload."))
+        if item.image is not None and item.image.sha256 == item.image_sha256:
+            return str(_("The product has this image (image %(n)d of its pictures).") % {
+                "n": item.image.position + 1})
+        return str(_("The product no longer has this image: a decision on it is refused."))
 
     # ----------------------------------------------------------------- decisions
 
@@ -703,7 +698,10 @@ class ReviewItemAdmin(admin.ModelAdmin):
         decide = moderation.approve if decision == "approve" else moderation.reject
         try:
             decide(obj, user=request.user, note=form.cleaned_data.get("note", ""))
-        except ValueError:
+        except moderation.ImageChanged:
+            self.message_user(request, _("The product no longer has this image; the item was closed as "
+                                         "superseded and nothing else was changed."), messages.WARNING)
+        except moderation.DecisionRefused:
             self.message_user(request, _("This item was already decided; nothing was changed."),
                               messages.WARNING)
 
@@ -721,7 +719,7 @@ class ReviewItemAdmin(admin.ModelAdmin):
         for item in queryset:
             try:
                 decide(item, user=request.user)
-            except ValueError:
+            except moderation.DecisionRefused:
                 skipped += 1
             else:
                 done += 1
@@ -731,8 +729,10 @@ class ReviewItemAdmin(admin.ModelAdmin):
                 "count": done, "verb": verb}, messages.SUCCESS)
         if skipped:
             self.message_user(request, ngettext(
-                "%(count)d selected upload was already decided and was left as it is.",
-                "%(count)d selected uploads were already decided and were left as they are.", skipped) % {
+                "%(count)d selected upload was already decided, or its product no longer has the image, "
+                "and was left as it is.",
+                "%(count)d selected uploads were already decided, or their products no longer have the "
+                "image, and were left as they are.", skipped) % {
                 "count": skipped}, messages.WARNING)
 
 
@@ -752,6 +752,22 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ImageEmbeddingInline(admin.TabularInline):
+    """A product's images: what each was scored (the vector itself helps nobody here)."""
+
+    model = ImageEmbedding
+    fields = readonly_fields = ("position", "name", "size", "sha256", "verdict", "moderation_scores", "error",
+                                "embedded_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Embedding)
 class EmbeddingAdmin(ReadOnlyAdmin):
     list_display = ("object_link", "content_type", "encoder", "status_badge", "stale", "attempts",
@@ -760,7 +776,8 @@ class EmbeddingAdmin(ReadOnlyAdmin):
                    ("content_type", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("content_type", "encoder")
     search_fields = ("object_pk", "error", "keywords")
-    exclude = ("vector", "search_document")  # 512 floats and a tsvector help nobody here
+    exclude = ("search_document",)  # a tsvector helps nobody here
+    inlines = (ImageEmbeddingInline,)
 
     class Media:
         css = {"all": ("clip_search/admin.css",)}

@@ -11,7 +11,11 @@ class ClipSearchConfig(AppConfig):
     def ready(self) -> None:
         from clip_search import checks  # noqa: F401 - registers the system checks
         from clip_search.registry import registry
+        from clip_search.signals import connect_registration, disconnect_registration
 
+        # The registry only describes models; the signal wiring subscribes to it here, for
+        # registrations made before this app's ready() and for those made after.
+        registry.subscribe(connect_registration, disconnect_registration)
         registry.resolve_pending()
         post_delete.connect(_drop_vector_index, sender="clip_search.EncoderModel",
                             dispatch_uid="clip_search.drop_vector_index")

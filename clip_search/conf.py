@@ -42,10 +42,18 @@ DEFAULTS: dict[str, Any] = {
         "FORMATS": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "MPO"],
     },
     "BATCH_SIZE": 32,
+    # Images of a product that get a searchable vector (in display order). Every image is
+    # moderated whatever this says: the storefront shows them all.
+    "MAX_IMAGES": 8,
     # Celery
     "QUEUE": "clip_search",
     "SIGNAL_PROCESSOR": "clip_search.signals.OnCommitSignalProcessor",
     "MAX_RETRIES": 5,
+    # The periodic sweep (``clip_search.sweep``, Celery beat): a pending row is queued again
+    # once it is PENDING_AFTER seconds old (its message presumed lost), and each run verifies
+    # the next VERIFY_PER_RUN objects against their rows (clip_search.verify), resuming where
+    # the previous run stopped.
+    "SWEEP": {"VERIFY_PER_RUN": 5000, "PENDING_AFTER": 900},
     # Storage / index
     "HNSW": {"M": 16, "EF_CONSTRUCTION": 64},
     # Search
@@ -113,6 +121,11 @@ def validate(values: dict[str, Any]) -> None:
     _require(isinstance(values["BATCH_SIZE"], int) and values["BATCH_SIZE"] > 0,
              "['BATCH_SIZE'] must be a positive int.")
     _require(isinstance(values["QUEUE"], str) and values["QUEUE"], "['QUEUE'] must be a name.")
+    _require(isinstance(values["MAX_IMAGES"], int) and 1 <= values["MAX_IMAGES"] <= 100,
+             "['MAX_IMAGES'] must be 1..100.")
+    for key in ("VERIFY_PER_RUN", "PENDING_AFTER"):
+        _require(isinstance(values["SWEEP"][key], int) and values["SWEEP"][key] >= 0,
+                 f"['SWEEP'][{key!r}] must be an int >= 0.")
     for encoder in ("TEXT_ENCODER", "IMAGE_ENCODER"):
         options = values[encoder]
         _require(options["BACKEND"] in ("torch", "onnx"), f"[{encoder!r}]['BACKEND'] must be torch or onnx.")

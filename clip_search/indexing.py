@@ -1,9 +1,22 @@
 """The embedding pipeline shared by the Celery tasks and ``clip_reindex``.
 
-For a batch of one registered model's objects: read each image through its storage, skip
-what is unchanged (same image sha256, same encoder), decode safely, embed in one batch,
-moderate, and upsert one row per (object, encoder). Every outcome lands in the row's status
-and error, so nothing is silently lost; a bad image is an ``error`` row, never an exception.
+Three steps, so that no slow step holds a lock and no stale result is ever written:
+
+1. ``plan``: each object's images in display order, its text document and its source digest.
+   An image whose identity (storage name, and size when known) matches a scored image row
+   reuses that row's vector and verdict without being read; any other image is read and
+   hashed, and one whose sha256 is already scored (a reorder, a rename) is reused too. What
+   is left is new pixels.
+2. ``embed``: one model call over the batch's new images, then moderation of each.
+3. ``write``: per object, in its own short transaction under its product row's lock
+   (``rows.lock``): the object's sources are read again and the result is dropped if they
+   changed since step 1 (a newer task does the work; it is requeued in case no save
+   signalled the change). Then the image rows, the product status derived from their
+   verdicts, and the review items, in one commit. A staff decision stays with its image:
+   re-embedding an unchanged image (same sha256) keeps "approved" or "rejected".
+
+Every outcome lands in a row (status and error), so nothing is silently lost; a bad image
+is an image row with verdict ``error``, never an exception.
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.search import SearchVector
 from django.core.signals import setting_changed
@@ -21,17 +36,19 @@ from django.db import models, transaction
 from django.db.models import Value
 from django.utils import timezone
 
-from clip_search import sql
+from clip_search import rows, sql
 from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderSpec, get_clip, image_encoder_for, text_encoder_for
 from clip_search.imaging import ImageRejected
-from clip_search.models import Embedding, EncoderModel, ReviewItem
-from clip_search.moderation import Moderator, open_review, supersede_reviews, upload_flagged
-from clip_search.registry import Registration
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding, ReviewItem, object_id
+from clip_search.moderation import Moderator, Verdict, open_review, supersede_reviews, upload_flagged
+from clip_search.registry import Registration, SourceImage
 
 logger = logging.getLogger(__name__)
 
 Status = Embedding.Status
+ImageVerdict = ImageEmbedding.Verdict
+STAFF_DECISIONS = (ImageVerdict.APPROVED, ImageVerdict.REJECTED)
 
 
 @dataclass
@@ -114,13 +131,6 @@ def pipeline_for(encoder: EncoderModel) -> Pipeline:
     return _pipelines[encoder.pk]
 
 
-def source_digest(registration: Registration, obj: models.Model) -> str:
-    """Changes when the image (by storage name) or any searchable text changes."""
-    parts = [registration.image_name(obj), *(t for _, t in registration.text_parts(obj)),
-             registration.keyword_text(obj)]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
 def document_fields(registration: Registration, obj: models.Model) -> dict:
     """The stored full-text document and keyword text of one object."""
     config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
@@ -134,123 +144,283 @@ def document_fields(registration: Registration, obj: models.Model) -> dict:
         "search_document": document,
         "keywords": registration.keyword_text(obj).lower(),
         "keyword_tokens": [v[:200] for v in keyword_values if v],
-        "source_digest": source_digest(registration, obj),
     }
 
 
-def embed_objects(registration: Registration, objects: Sequence[models.Model], encoder: EncoderModel,
-                  *, force: bool = False) -> Summary:
-    """Embed a batch and write one row per object. Safe to run twice (idempotent)."""
-    summary = Summary()
+# --------------------------------------------------------------------------- 1. plan
+
+
+@dataclass
+class PlannedImage:
+    """One image of an object: reused from a scored row, to embed, or failed."""
+
+    position: int
+    identity: str  # the storage name, or sha256:… for bytes
+    size: int | None = None
+    sha256: str = ""
+    data: bytes | None = None  # new pixels, until step 2 embeds them
+    reused: ImageEmbedding | None = None
+    vector: np.ndarray | list | None = None
+    verdict: str = ""
+    scores: dict = field(default_factory=dict)
+    error: str = ""
+    sampled: bool = False  # a passed image sent to the review queue for quality control
+
+
+@dataclass
+class Plan:
+    obj: models.Model
+    digest: str
+    images: list[PlannedImage]
+    row: Embedding | None  # the stored row when planned (None: none yet)
+    force: bool
+
+    @property
+    def pk(self) -> str:
+        return str(self.obj.pk)
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing to write: same sources, every image reused, the row finished."""
+        row = self.row
+        return (row is not None and not self.force and row.source_digest == self.digest
+                and not row.stale and not row.reembed and row.status not in (Status.PENDING, Status.ERROR)
+                and all(image.reused is not None for image in self.images)
+                and len(self.images) == len(row.images.all()))
+
+
+def plan(registration: Registration, objects: Sequence[models.Model], encoder: EncoderModel,
+         *, force: bool = False) -> list[Plan]:
+    """Step 1 (module docstring). Reads only files it has not scored before."""
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
-    existing = {
-        row.object_pk: row
-        for row in Embedding.objects.filter(content_type=content_type, encoder=encoder,
-                                            object_pk__in=[str(o.pk) for o in objects])
-    }
-    to_encode: list[tuple[models.Model, bytes, str]] = []
+    stored = {row.object_pk: row for row in Embedding.objects.filter(
+        content_type=content_type, encoder=encoder, object_pk__in=[str(o.pk) for o in objects],
+    ).prefetch_related("images")}
+    cap = clip_settings.MAX_IMAGES
+    plans = []
     for obj in objects:
-        pk = str(obj.pk)
-        try:
-            data = registration.read_image(obj)
-        except OSError as error:  # the file named by the field is gone or unreadable
-            _write(content_type, encoder, obj, registration, status=Status.ERROR,
-                   error=f"Image file could not be read: {error}", sha="", bump=True)
-            summary.counts["failed"] += 1
-            summary.errors[pk] = f"image file could not be read: {error}"
-            continue
-        if data is None:
-            _write(content_type, encoder, obj, registration, status=Status.NO_IMAGE, vector=None, sha="")
-            summary.counts["no_image"] += 1
-            continue
-        if not data:  # the field names a file, but the file is empty (an upload cut short)
-            reason = _reason(ImageRejected("empty", "The image file is empty."))
-            _write(content_type, encoder, obj, registration, status=Status.ERROR, vector=None, sha="",
-                   error=reason, bump=True)
-            summary.counts["failed"] += 1
-            summary.errors[pk] = reason
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        row = existing.get(pk)
-        if (not force and row is not None and row.image_sha256 == sha and row.vector is not None
-                and row.status in (Status.INDEXED, Status.FLAGGED, Status.REJECTED)):
-            _write(content_type, encoder, obj, registration, status=row.status)  # text may have changed
-            summary.counts["skipped"] += 1
-            continue
-        to_encode.append((obj, data, sha))
-    if not to_encode:
-        return summary
-    pipeline = pipeline_for(encoder)
-    results = pipeline.images.encode_bytes([data for _, data, _ in to_encode])
-    good = [(item, result) for item, result in zip(to_encode, results, strict=True)
-            if result.vector is not None]
-    verdicts = pipeline.moderator.judge(_stack([result.vector for _, result in good], encoder.dimension))
-    verdict_of = {id(result): verdict for (_, result), verdict in zip(good, verdicts, strict=True)}
-    for (obj, _data, sha), result in zip(to_encode, results, strict=True):
-        pk = str(obj.pk)
-        if result.error is not None:
-            _write(content_type, encoder, obj, registration, status=Status.ERROR, vector=None, sha=sha,
-                   error=_reason(result.error), bump=True)
-            summary.counts["failed"] += 1
-            summary.errors[pk] = _reason(result.error)
-            continue
-        verdict = verdict_of[id(result)]
-        status = Status.FLAGGED if verdict.is_flagged else Status.INDEXED
-        with transaction.atomic():
-            embedding = _write(content_type, encoder, obj, registration, status=status,
-                               vector=result.vector.tolist(), sha=sha, scores=verdict.scores, embedded=True)
-            if verdict.is_flagged:
-                item, created = open_review(embedding, verdict, ReviewItem.Reason.FLAGGED)
-                if created:
-                    transaction.on_commit(lambda e=embedding, i=item, v=verdict: upload_flagged.send(
-                        sender=registration.model, object_pk=e.object_pk, embedding=e, item=i,
-                        scores=v.scores))
-            elif pipeline.moderator.sampled(sha):
-                open_review(embedding, verdict, ReviewItem.Reason.SAMPLED)
-            else:
-                supersede_reviews(embedding)  # a new, clean image replaces a flagged one
-        summary.counts["flagged" if verdict.is_flagged else "indexed"] += 1
-    return summary
+        row = stored.get(str(obj.pk))
+        forced = force or bool(row and row.reembed)
+        scored = [image for image in (row.images.all() if row else []) if image.verdict != ImageVerdict.ERROR]
+        sources = registration.source_images(obj)
+        images = [_plan_image(position, source, scored, searchable=position < cap, force=forced)
+                  for position, source in enumerate(sources)]
+        plans.append(Plan(obj=obj, digest=registration.source_digest(obj, sources), images=images,
+                          row=row, force=forced))
+    return plans
 
 
-def _stack(vectors: list, dimension: int):
-    import numpy as np
+def _plan_image(position: int, source: SourceImage, scored: list[ImageEmbedding], *, searchable: bool,
+                force: bool) -> PlannedImage:
+    image = PlannedImage(position=position, identity=source.identity)
 
-    return np.vstack(vectors) if vectors else np.zeros((0, dimension), dtype=np.float32)
+    def reusable(row: ImageEmbedding) -> bool:
+        return not force and (row.vector is not None or not searchable)
+
+    try:
+        image.size = source.size()
+    except (OSError, NotImplementedError):
+        image.size = None
+    for row in scored:
+        if row.name == image.identity and (row.size is None or row.size == image.size) and reusable(row):
+            return _reuse(image, row)
+    try:
+        data = source.read()
+    except OSError as error:  # the file named by the field is gone or unreadable
+        return _fail(image, f"unreadable: The image file could not be read: {error}")
+    if not data:  # the field names a file, but the file is empty (an upload cut short)
+        return _fail(image, _reason(ImageRejected("empty", "The image file is empty.")))
+    image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
+    for row in scored:
+        if row.sha256 == image.sha256 and reusable(row):
+            return _reuse(image, row)
+    image.data = data
+    return image
+
+
+def _reuse(image: PlannedImage, row: ImageEmbedding) -> PlannedImage:
+    image.reused, image.sha256, image.vector = row, row.sha256, row.vector
+    image.verdict, image.scores = row.verdict, row.moderation_scores
+    image.size = image.size if image.size is not None else row.size
+    return image
+
+
+def _fail(image: PlannedImage, reason: str) -> PlannedImage:
+    image.verdict, image.error = ImageVerdict.ERROR, reason
+    return image
 
 
 def _reason(error: ImageRejected) -> str:
     return f"{error.code}: {error.message}"
 
 
-def _write(content_type, encoder, obj, registration, *, status, vector=..., sha=None, error="",
-           scores=None, embedded=False, bump=False) -> Embedding:
-    """Upsert the (object, encoder) row; ``...`` leaves a field as it is."""
-    values = {"status": status, "error": error, "stale": False, "image_name": registration.image_name(obj),
-              **document_fields(registration, obj)}
-    if vector is not ...:
-        values["vector"] = vector
-    if sha is not None:
-        values["image_sha256"] = sha
-    if scores is not None:
-        values["moderation_scores"] = scores
-    if embedded:
-        values["embedded_at"] = timezone.now()
-        values["attempts"] = 0
-    search_document = values.pop("search_document")
-    embedding, _ = Embedding.objects.update_or_create(
-        content_type=content_type, object_pk=str(obj.pk), encoder=encoder, defaults=values)
-    updates: dict = {"search_document": search_document}
-    if bump:
-        updates["attempts"] = models.F("attempts") + 1
-    Embedding.objects.filter(pk=embedding.pk).update(**updates)
-    return embedding
+# --------------------------------------------------------------------------- 2. embed
+
+
+def embed(plans: Sequence[Plan], encoder: EncoderModel) -> None:
+    """Step 2: one model call over every new image of the batch, then moderation of each."""
+    new = [image for p in plans for image in p.images if image.data is not None]
+    if not new:
+        return
+    pipeline = pipeline_for(encoder)
+    results = pipeline.images.encode_bytes([image.data for image in new])
+    good = [(image, result.vector) for image, result in zip(new, results, strict=True)
+            if result.vector is not None]
+    verdicts = pipeline.moderator.judge(_stack([vector for _, vector in good], encoder.dimension))
+    for image, result in zip(new, results, strict=True):
+        image.data = None
+        if result.error is not None:
+            _fail(image, _reason(result.error))
+    for (image, vector), verdict in zip(good, verdicts, strict=True):
+        image.vector, image.scores = vector, verdict.scores
+        image.verdict = ImageVerdict.FLAGGED if verdict.is_flagged else ImageVerdict.PASSED
+        image.sampled = not verdict.is_flagged and pipeline.moderator.sampled(image.sha256)
+
+
+def _stack(vectors: list, dimension: int) -> np.ndarray:
+    return np.vstack(vectors) if vectors else np.zeros((0, dimension), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- 3. write
+
+
+def write(registration: Registration, encoder: EncoderModel, planned: Plan) -> str:
+    """Step 3 (module docstring). Returns the outcome: the product status written, ``"stale"``
+    (dropped: the sources changed meanwhile) or ``"gone"`` (the object was deleted)."""
+    content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
+    outcome = rows.retrying(lambda: _write(registration, encoder, content_type, planned))
+    if outcome == "stale":
+        from clip_search.tasks import enqueue
+
+        transaction.on_commit(lambda: enqueue(registration.label, [planned.pk], encoder.pk))
+    return outcome
+
+
+def _write(registration: Registration, encoder: EncoderModel, content_type: ContentType,
+           planned: Plan) -> str:
+    pk, key = planned.obj.pk, planned.pk
+    Embedding.objects.bulk_create([Embedding(content_type=content_type, object_pk=key, encoder=encoder,
+                                             object_id=object_id(registration.model, pk))],
+                                  ignore_conflicts=True)
+    row = rows.lock(Embedding.objects.get(content_type=content_type, object_pk=key, encoder=encoder).pk)
+    current = registration.fetch([pk])
+    if not current:
+        row.delete()
+        return "gone"
+    if registration.source_digest(current[0]) != planned.digest:
+        return "stale"
+    stored = {image.pk: image for image in row.images.all()}
+    decided = {image.sha256: image.verdict for image in stored.values() if image.verdict in STAFF_DECISIONS}
+    now, cap = timezone.now(), clip_settings.MAX_IMAGES
+    kept: list[ImageEmbedding] = []
+    fresh: set[int] = set()  # kept rows whose vector changed
+    for image in planned.images:
+        verdict = image.verdict
+        if verdict in (ImageVerdict.PASSED, ImageVerdict.FLAGGED) and image.sha256 in decided:
+            verdict = decided[image.sha256]  # the staff decision stays with its image
+        values = dict(position=image.position, name=image.identity[:500], size=image.size,
+                      sha256=image.sha256, verdict=verdict, moderation_scores=image.scores, error=image.error)
+        vector = None if image.vector is None or image.position >= cap else _as_list(image.vector)
+        # The same image keeps its row (and its review items): found as reused, or by sha256
+        # when it was embedded again (a forced re-embed).
+        match = stored.pop(image.reused.pk, None) if image.reused else None
+        if match is None and image.sha256:
+            match = next((row for row in stored.values() if row.sha256 == image.sha256), None)
+            match = match and stored.pop(match.pk)
+        if match is not None:
+            for name, value in values.items():
+                setattr(match, name, value)
+            if image.reused is None or (vector is None) != (match.vector is None):
+                match.vector = vector
+                fresh.add(match.pk)
+            kept.append(match)
+        else:
+            kept.append(ImageEmbedding(embedding=row, embedded_at=now, vector=vector, encoder=encoder,
+                                       content_type=content_type, object_pk=key, object_id=row.object_id,
+                                       **values))
+    if stored:
+        ImageEmbedding.objects.filter(pk__in=list(stored)).delete()
+    status = rows.derive_status([image.verdict for image in kept])
+    unchanged_vector = [f.name for f in ImageEmbedding._meta.concrete_fields
+                        if f.name not in ("id", "vector")]
+    for image in kept:
+        image.product_status = status
+        # A reused vector is not written again: rewriting it would add an HNSW index entry.
+        image.save(update_fields=None if image.pk is None or image.pk in fresh else unchanged_vector)
+    errors = [f"image {image.position + 1}: {image.error}" for image in kept if image.error]
+    document = document_fields(registration, current[0])
+    search_document = document.pop("search_document")
+    fields = dict(status=status, error="; ".join(errors), stale=False, reembed=False,
+                  source_digest=planned.digest, **document)
+    if errors:
+        fields["attempts"] = models.F("attempts") + 1
+    elif any(image.reused is None for image in planned.images) or planned.force:
+        fields.update(attempts=0, embedded_at=now)
+    Embedding.objects.filter(pk=row.pk).update(search_document=search_document, updated_at=now, **fields)
+    row.refresh_from_db()
+    _review(registration, row, kept, planned)
+    searchable = sum(1 for image in kept if image.vector is not None)
+    if searchable > encoder.max_images:  # read by the vector leg; rare, and only ever raised
+        EncoderModel.objects.filter(pk=encoder.pk, max_images__lt=searchable).update(max_images=searchable)
+    return status
+
+
+def _review(registration: Registration, row: Embedding, images: list[ImageEmbedding], planned: Plan) -> None:
+    """Open an item for each newly flagged (or sampled) image; close the items of images the
+    product no longer has. Only ever called from a write that is true to the current sources."""
+    supersede_reviews(row, keep=[image.pk for image in images])
+    sampled = {image.position for image in planned.images if image.sampled}
+    for image in images:
+        if image.verdict == ImageVerdict.FLAGGED:
+            reason = ReviewItem.Reason.FLAGGED
+        elif image.position in sampled:
+            reason = ReviewItem.Reason.SAMPLED
+        else:
+            continue
+        verdict = Verdict(scores=image.moderation_scores, flagged=_over_threshold(image))
+        item, created = open_review(image, verdict, reason)
+        if created and reason == ReviewItem.Reason.FLAGGED:
+            transaction.on_commit(lambda i=item, r=row, v=verdict: upload_flagged.send(
+                sender=registration.model, object_pk=r.object_pk, embedding=r, item=i, scores=v.scores))
+
+
+def _over_threshold(image: ImageEmbedding) -> list[str]:
+    thresholds = {name: float(c["THRESHOLD"]) for name, c in clip_settings.MODERATION["CATEGORIES"].items()}
+    return [name for name, score in image.moderation_scores.items() if score >= thresholds.get(name, 2.0)]
+
+
+def _as_list(vector: Any) -> list[float]:
+    return vector.tolist() if hasattr(vector, "tolist") else list(vector)
+
+
+# --------------------------------------------------------------------------- the three together
+
+
+def embed_objects(registration: Registration, objects: Sequence[models.Model], encoder: EncoderModel,
+                  *, force: bool = False) -> Summary:
+    """Plan, embed and write a batch (module docstring). Safe to run twice (idempotent)."""
+    plans = plan(registration, objects, encoder, force=force)
+    embed(plans, encoder)
+    summary = Summary()
+    for planned in plans:
+        if planned.unchanged:
+            summary.counts["skipped"] += 1
+            continue
+        outcome = write(registration, encoder, planned)
+        summary.counts[OUTCOMES.get(outcome, outcome)] += 1
+        failed = [f"image {image.position + 1}: {image.error}" for image in planned.images if image.error]
+        if outcome == Status.ERROR and failed:
+            summary.errors[planned.pk] = "; ".join(failed)
+    return summary
+
+
+OUTCOMES = {Status.INDEXED: "indexed", Status.FLAGGED: "flagged", Status.REJECTED: "rejected",
+            Status.NO_IMAGE: "no_image", Status.ERROR: "failed", "stale": "superseded", "gone": "gone"}
 
 
 def iter_objects(registration: Registration, pks: Iterable[str]) -> list[models.Model]:
     """The objects for ``pks`` (all objects of the model, not only the storefront's)."""
-    manager = registration.model._default_manager
-    return list(manager.select_related(*registration.related_paths()).filter(pk__in=list(pks)))
+    return registration.fetch(pks)
 
 
 def remove_object(registration: Registration, pk: str) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
@@ -10,6 +12,19 @@ from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from pgvector.django import VectorField
+
+
+def object_id(model: type[models.Model], pk: Any) -> int | None:
+    """The pk as an integer for models with integer primary keys (``Embedding.object_id``)."""
+    target = model._meta.pk.target_field if model._meta.pk.is_relation else model._meta.pk
+    if target.get_internal_type() in INTEGER_TYPES:
+        return int(pk)
+    return None
+
+
+INTEGER_TYPES = {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+                 "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+                 "PositiveSmallIntegerField"}
 
 
 class EncoderModel(models.Model):
@@ -29,6 +44,10 @@ class EncoderModel(models.Model):
     is_active = models.BooleanField(_("active"), default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # An upper bound of the vectors any one product has with this encoder: the vector leg reads
+    # this many image hits per product it wants, so that collapsing to one hit per product
+    # (its best image) still leaves enough products. Raised by the writer, never lowered.
+    max_images = models.PositiveSmallIntegerField(_("most images of a product"), default=1)
 
     class Meta:
         verbose_name = _("encoder model")
@@ -61,10 +80,12 @@ class EmbeddingQuerySet(models.QuerySet):
 
 
 class Embedding(models.Model):
-    """A product's CLIP vector for one encoder plus its search document.
+    """A product's entry in the index of one encoder: its storefront status, its search
+    document, and the identity of what it was built from. Its vectors, one per image, are
+    ``ImageEmbedding`` rows.
 
-    Keeping the full-text document and keyword text beside the vector lets every search leg
-    read this one indexed table and touch the shop's table only to filter and fetch.
+    Keeping the full-text document and keyword text here lets every search leg read
+    clip_search's own indexed tables and touch the shop's table only to filter and fetch.
     """
 
     class Status(models.TextChoices):
@@ -78,26 +99,25 @@ class Embedding(models.Model):
     content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)
     # Text, so integer, UUID and string primary keys of any shop model fit.
     object_pk = models.CharField(max_length=64)
+    # The same key as an integer, for shop models with integer primary keys (most): the
+    # search's filter on the shop's pks then walks an index instead of casting every row.
+    object_id = models.BigIntegerField(null=True, blank=True)
     encoder = models.ForeignKey(EncoderModel, on_delete=models.CASCADE, related_name="embeddings")
-    # Untyped ``vector``: each encoder has its own dimension and its own partial HNSW index
-    # over ``vector::vector(dim)`` (see clip_search.sql.ensure_vector_index).
-    vector = VectorField(null=True, blank=True)
-    image_sha256 = models.CharField(max_length=64, blank=True)
-    # The storage name the vector was made from: a save with another name is a new upload,
-    # hidden (pending) until the worker has scored it.
-    image_name = models.CharField(max_length=500, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    moderation_scores = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     # The object changed but its task could not be queued (broker down): the sweep redoes it.
     stale = models.BooleanField(default=False)
+    # Staff asked to re-embed unchanged images while the broker was down: the sweep's task
+    # re-embeds instead of reusing the stored vectors.
+    reembed = models.BooleanField(default=False)
     search_document = SearchVectorField(null=True, blank=True)
     keywords = models.TextField(blank=True)
     # Lower-cased whole keyword values (a SKU, a brand): an exact match ranks first.
     keyword_tokens = ArrayField(models.CharField(max_length=200), default=list, blank=True)
-    # What the document and image were built from (image name + text): a save that changes
-    # none of it enqueues nothing.
+    # sha256 over what the row was built from: the searchable text and the images' storage
+    # names in display order. The verify pass recomputes it from the shop's tables; a
+    # difference is work that no signal reported.
     source_digest = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -113,6 +133,7 @@ class Embedding(models.Model):
         ]
         indexes = [
             models.Index(fields=["encoder", "status"], name="clip_search_encoder_status"),
+            models.Index(fields=["object_id", "content_type", "encoder"], name="clip_search_embedding_id"),
             GinIndex(fields=["search_document"], name="clip_search_document_gin"),
             # GIN, not GiST: the keyword leg reads a bounded number of fuzzy matches and ranks
             # them itself (sql._keyword_leg), and GIN rejects most non-matches on their trigram
@@ -123,6 +144,66 @@ class Embedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.content_type.model}:{self.object_pk} [{self.status}]"
+
+    @property
+    def primary_image(self) -> ImageEmbedding | None:
+        """The first image in display order: what "more like this" starts from."""
+        return self.images.order_by("position").first()
+
+
+class ImageEmbedding(models.Model):
+    """One image of a product: its CLIP vector, the image's identity and its moderation verdict.
+
+    Moderation is per image, quarantine per product: the product row's status is derived
+    from its images' verdicts. The product's keys and status are copied here (and written
+    with the product row, in one transaction) so that the vector leg reads this one table
+    through its encoder's HNSW index.
+    """
+
+    class Verdict(models.TextChoices):
+        PASSED = "passed", _("passed moderation")
+        FLAGGED = "flagged", _("flagged")
+        APPROVED = "approved", _("approved by staff")
+        REJECTED = "rejected", _("rejected by staff")
+        ERROR = "error", _("could not be read")
+
+    embedding = models.ForeignKey(Embedding, on_delete=models.CASCADE, related_name="images")
+    position = models.PositiveSmallIntegerField(_("display order"), default=0)
+    name = models.CharField(_("storage name"), max_length=500, blank=True)
+    size = models.BigIntegerField(_("bytes"), null=True, blank=True,
+                                  help_text=_("None for rows migrated from before sizes were kept."))
+    sha256 = models.CharField(max_length=64, blank=True)
+    # Untyped ``vector``: each encoder has its own dimension and its own partial HNSW index
+    # over ``vector::vector(dim)`` (see clip_search.sql.ensure_vector_index). None for an image
+    # that could not be read, or past ``MAX_IMAGES`` (moderated, not searched).
+    vector = VectorField(null=True, blank=True)
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    moderation_scores = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # Copies of the product row's keys and status (see the class docstring).
+    encoder = models.ForeignKey(EncoderModel, on_delete=models.CASCADE, related_name="+", db_index=False)
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+",
+                                     db_index=False)
+    object_pk = models.CharField(max_length=64)
+    object_id = models.BigIntegerField(null=True, blank=True)
+    product_status = models.CharField(max_length=16, choices=Embedding.Status.choices)
+    embedded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("image embedding")
+        ordering = ["embedding", "position"]
+        indexes = [
+            models.Index(fields=["object_id", "content_type", "encoder"], name="clip_search_image_object_id"),
+            models.Index(fields=["object_pk", "content_type", "encoder"], name="clip_search_image_object_pk"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.object_pk} #{self.position} {self.name or self.sha256[:12]} [{self.verdict}]"
+
+    @property
+    def is_cleared(self) -> bool:
+        """Scored and fit for the storefront: passed moderation or approved by staff."""
+        return self.verdict in (self.Verdict.PASSED, self.Verdict.APPROVED)
 
 
 class ReviewItem(models.Model):
@@ -139,7 +220,12 @@ class ReviewItem(models.Model):
         SUPERSEDED = "superseded", _("superseded by a new image")
 
     embedding = models.ForeignKey(Embedding, on_delete=models.CASCADE, related_name="review_items")
+    # The reviewed image: a decision applies only while the product still holds it (same
+    # sha256 and storage name); None once the image left the product.
+    image = models.ForeignKey(ImageEmbedding, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="review_items")
     image_sha256 = models.CharField(max_length=64)
+    image_name = models.CharField(max_length=500, blank=True)
     reason = models.CharField(max_length=16, choices=Reason.choices)
     categories = models.JSONField(default=list, blank=True, help_text=_("Categories over threshold."))
     scores = models.JSONField(default=dict)
@@ -179,3 +265,22 @@ class ReviewDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} by {self.username or 'moderation'} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class VerifyCursor(models.Model):
+    """Where the sweep's verify pass stopped for one model and encoder: the next sweep resumes
+    after ``last_pk`` and a pass past the last product starts again from the first."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)
+    encoder = models.ForeignKey(EncoderModel, on_delete=models.CASCADE, related_name="+")
+    last_pk = models.CharField(max_length=64, blank=True)
+    passes = models.PositiveIntegerField(default=0, help_text=_("Completed passes over the catalog."))
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("verify cursor")
+        constraints = [models.UniqueConstraint(fields=["content_type", "encoder"],
+                                               name="clip_search_one_verify_cursor")]
+
+    def __str__(self) -> str:
+        return f"{self.content_type.model} after {self.last_pk or 'the start'} (pass {self.passes + 1})"

@@ -3,8 +3,11 @@
 Each category's prompts are embedded and averaged (a prompt ensemble); each safe prompt is a
 class of its own. A softmax over [safe prompts…, categories…] with the model's logit scale
 gives each category a probability; over its threshold the upload is flagged.
-Staff decisions go through ``approve`` / ``reject``, which keep the audit trail and send
-the signals a shop listens to (for example to unpublish a product).
+Moderation is per image, quarantine per product (``rows.derive_status``). Staff decisions go
+through ``approve`` / ``reject``: bound to the reviewed image (refused once the product no
+longer holds it), recorded in the audit trail, followed by the signals a shop listens to
+(for example to unpublish a product). Only users with ``clip_search.change_reviewitem``
+reach them from the admin and the API.
 """
 
 from __future__ import annotations
@@ -75,64 +78,115 @@ def _ensemble(vectors: np.ndarray) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
-def supersede_reviews(embedding) -> int:
-    """Close the open review items of images the product no longer has."""
+class DecisionRefused(ValueError):
+    """A staff decision that cannot apply; ``code`` is stable for the API (409)."""
+
+    code = "refused"
+
+
+class AlreadyDecided(DecisionRefused):
+    code = "already_decided"
+
+
+class ImageChanged(DecisionRefused):
+    """The product no longer holds the reviewed image: the decision would land on another."""
+
+    code = "image_changed"
+
+
+def supersede_reviews(embedding, keep: list[int] | None = None) -> int:
+    """Close the open items of images the product no longer has (all but ``keep``)."""
     from clip_search.models import ReviewItem
 
-    return embedding.review_items.filter(status=ReviewItem.Status.OPEN).exclude(
-        image_sha256=embedding.image_sha256).update(status=ReviewItem.Status.SUPERSEDED,
-                                                    decided_at=timezone.now())
+    items = embedding.review_items.filter(status=ReviewItem.Status.OPEN)
+    if keep is not None:
+        items = items.exclude(image__in=keep)
+    return items.update(status=ReviewItem.Status.SUPERSEDED, decided_at=timezone.now())
 
 
-def open_review(embedding, verdict: Verdict, reason: str):
-    """Create the review item for a new image; an older open item of the product is superseded."""
+def open_review(image, verdict: Verdict, reason: str):
+    """The open item for this image (one per image and sha256), created on first sight; a
+    flagged one starts the audit trail."""
     from clip_search.models import ReviewDecision, ReviewItem
 
-    supersede_reviews(embedding)
     item, created = ReviewItem.objects.get_or_create(
-        embedding=embedding, image_sha256=embedding.image_sha256, status=ReviewItem.Status.OPEN,
-        defaults={"reason": reason, "categories": verdict.flagged, "scores": verdict.scores},
+        embedding_id=image.embedding_id, image=image, image_sha256=image.sha256,
+        status=ReviewItem.Status.OPEN,
+        defaults={"reason": reason, "categories": verdict.flagged, "scores": verdict.scores,
+                  "image_name": image.name},
     )
     if created and reason == ReviewItem.Reason.FLAGGED:
         ReviewDecision.objects.create(item=item, decision=ReviewDecision.Decision.FLAGGED,
-                                      scores=verdict.scores, encoder=embedding.encoder)
+                                      scores=verdict.scores, encoder_id=image.encoder_id)
     return item, created
 
 
-def _decide(item, decision: str, user, note: str, status: str, signal: Signal):
-    from clip_search.models import Embedding, ReviewDecision, ReviewItem
+def _decide(item, decision: str, user, note: str, signal: Signal):
+    """Record a decision on the item's image, under the product row's lock (``rows``' order:
+    product row, then review item and image), if the product still holds that very image."""
+    from clip_search import rows
+    from clip_search.models import Embedding, ImageEmbedding, ReviewDecision, ReviewItem
 
-    with transaction.atomic():
-        item = ReviewItem.objects.select_for_update().select_related("embedding").get(pk=item.pk)
-        if item.status != ReviewItem.Status.OPEN:
-            raise ValueError(f"Review item {item.pk} is already {item.status}.")
-        item.status = decision
-        item.decided_at = timezone.now()
-        item.save(update_fields=["status", "decided_at"])
-        embedding = item.embedding
-        if item.reason == ReviewItem.Reason.FLAGGED or status == Embedding.Status.REJECTED:
-            embedding.status = status
-            embedding.save(update_fields=["status", "updated_at"])
+    def decide():
+        embedding_id = ReviewItem.objects.values_list("embedding_id", flat=True).get(pk=item.pk)
+        embedding = rows.lock(embedding_id)
+        locked = ReviewItem.objects.select_for_update().select_related("image").get(pk=item.pk)
+        if locked.status != ReviewItem.Status.OPEN:
+            raise AlreadyDecided(f"Review item {locked.pk} is already {locked.status}.")
+        image = locked.image
+        if image is None or image.sha256 != locked.image_sha256 or image.name != locked.image_name:
+            locked.status, locked.decided_at = ReviewItem.Status.SUPERSEDED, timezone.now()
+            locked.save(update_fields=["status", "decided_at"])
+            return None  # committed as superseded, then refused below
+        locked.status, locked.decided_at = decision, timezone.now()
+        locked.save(update_fields=["status", "decided_at"])
+        if decision == ReviewItem.Status.REJECTED:
+            image.verdict = ImageEmbedding.Verdict.REJECTED
+        elif image.verdict == ImageEmbedding.Verdict.FLAGGED:
+            image.verdict = ImageEmbedding.Verdict.APPROVED
+        image.save(update_fields=["verdict"])
+        # A pending product has a newer image waiting for the worker: it stays hidden until
+        # that image is scored, whatever is decided about this one.
+        if embedding.status != Embedding.Status.PENDING:
+            verdicts = list(embedding.images.values_list("verdict", flat=True))
+            rows.set_status(embedding.pk, rows.derive_status(verdicts))
         ReviewDecision.objects.create(
-            item=item, decision=decision, user=user if user and user.pk else None,
+            item=locked, decision=decision, user=user if user and user.pk else None,
             username=getattr(user, "get_username", lambda: "")() if user else "",
-            scores=item.scores, encoder=embedding.encoder, note=note,
+            scores=locked.scores, encoder_id=embedding.encoder_id, note=note,
         )
         model = embedding.content_type.model_class()
         transaction.on_commit(lambda: signal.send(sender=model, object_pk=embedding.object_pk,
-                                                  embedding=embedding, item=item, scores=item.scores))
-    return item
+                                                  embedding=embedding, item=locked, scores=locked.scores))
+        return locked
+
+    try:
+        decided = rows.retrying(decide)
+    except ReviewItem.DoesNotExist as error:
+        raise AlreadyDecided(f"Review item {item.pk} no longer exists.") from error
+    if decided is None:
+        raise ImageChanged("The product no longer has this image; its new image is reviewed on its own.")
+    return decided
 
 
 def approve(item, user=None, note: str = ""):
-    """Staff approve: the product becomes searchable."""
-    from clip_search.models import Embedding, ReviewItem
+    """Staff approve the item's image: the product is searchable once all its images are."""
+    from clip_search.models import ReviewItem
 
-    return _decide(item, ReviewItem.Status.APPROVED, user, note, Embedding.Status.INDEXED, review_approved)
+    return _decide(item, ReviewItem.Status.APPROVED, user, note, review_approved)
 
 
 def reject(item, user=None, note: str = ""):
-    """Staff reject: the product stays out of search until a new image is uploaded."""
-    from clip_search.models import Embedding, ReviewItem
+    """Staff reject the item's image: the product stays out of search until that image goes."""
+    from clip_search.models import ReviewItem
 
-    return _decide(item, ReviewItem.Status.REJECTED, user, note, Embedding.Status.REJECTED, review_rejected)
+    return _decide(item, ReviewItem.Status.REJECTED, user, note, review_rejected)
+
+
+def reviewed_image_url(item, obj, registration) -> str | None:
+    """The URL of the reviewed image among the product's current images, if it still has it."""
+    for image in registration.source_images(obj):
+        if image.identity == item.image_name:
+            return image.url
+    return None
+

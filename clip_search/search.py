@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy as _
 from clip_search import sql
 from clip_search.conf import clip_settings
 from clip_search.expressions import ValueAt
-from clip_search.models import Embedding, EncoderModel
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding, object_id
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ def search(
         content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
         encoder_id=encoder.pk, dimension=encoder.dimension,
         base=_base(queryset), pk_type=model._meta.pk.cast_db_type(connections[queryset.db]),
+        integer_pk=object_id(model, 0) is not None, images_per_object=encoder.max_images,
         exclude_pk=exclude_pk, vector=vector, text=info.query,
         exact_tokens=exact_tokens(info.query), vector_statuses=vector_statuses,
         text_statuses=text_statuses, depth=depth, weights=weights, rrf_k=options["RRF_K"],
@@ -176,7 +177,7 @@ def search(
         vector is not None if leg == "vector" else bool(info.query))]
     with transaction.atomic(using=queryset.db):
         sql.set_local_search_params(
-            ef_search=min(1000, max(options["EF_SEARCH"], depth["vector"])),
+            ef_search=min(1000, max(options["EF_SEARCH"], depth["vector"] * encoder.max_images)),
             iterative_scan=options["ITERATIVE_SCAN"], trigram_threshold=options["TRIGRAM_THRESHOLD"],
             using=queryset.db)
         hits = sql.fused_search(query, using=queryset.db)
@@ -234,11 +235,14 @@ def _image_vector(image: bytes | IO[bytes], encoder: EncoderModel) -> np.ndarray
 
 def _stored_vector(model: type[models.Model], pk: str, encoder: EncoderModel,
                    include_quarantined: bool) -> np.ndarray:
-    """A quarantined product's picture is not a storefront query either."""
-    rows = Embedding.objects.for_model(model).filter(object_pk=pk, encoder=encoder, vector__isnull=False)
+    """"More like this" starts from the product's first image in display order (the picture
+    a shopper sees first). A quarantined product's pictures are not storefront queries."""
+    images = ImageEmbedding.objects.filter(
+        content_type=ContentType.objects.get_for_model(model, for_concrete_model=False),
+        object_pk=pk, encoder=encoder, vector__isnull=False)
     if not include_quarantined:
-        rows = rows.filter(status=Embedding.Status.INDEXED)
-    row = rows.values_list("vector", flat=True).first()
+        images = images.filter(product_status=Embedding.Status.INDEXED)
+    row = images.order_by("position").values_list("vector", flat=True).first()
     if row is None:
         raise SearchError(_("This product has no image embedding yet."))
     return np.asarray(row, dtype=np.float32)

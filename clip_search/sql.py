@@ -1,6 +1,7 @@
 """The only raw SQL in clip_search: what the ORM cannot say. Always parameterised.
 
-- the per-encoder partial HNSW index over an expression (``vector::vector(dim)``);
+- the per-encoder partial HNSW index over an expression (``vector::vector(dim)``) on the
+  image table;
 - per-transaction planner settings for pgvector (``SET LOCAL hnsw.ef_search``);
 - the fused hybrid search statement: CTEs, ``FULL JOIN`` and window functions over legs
   limited before they are joined, which the ORM cannot express;
@@ -42,7 +43,7 @@ def ensure_vector_index(encoder_id: int, dimension: int, using: str = "default")
         # Identifiers and integers cannot be bound parameters in DDL; every value below is an
         # int() or a name built from one, so nothing from outside reaches the statement text.
         cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON clip_search_embedding "
+            f"CREATE INDEX IF NOT EXISTS {name} ON clip_search_imageembedding "
             f"USING hnsw ((vector::vector({int(dimension)})) vector_cosine_ops) "
             f"WITH (m = {int(hnsw['M'])}, ef_construction = {int(hnsw['EF_CONSTRUCTION'])}) "
             f"WHERE encoder_id = {int(encoder_id)}"
@@ -89,6 +90,7 @@ class FusedQuery:
     dimension: int
     base: tuple[str, Sequence] | None  # the shop queryset's ``SELECT pk`` (its filters), or None
     pk_type: str  # the shop pk's SQL type ("integer", "uuid", ...): object_pk is cast to it
+    integer_pk: bool  # the shop pk is an integer: rows are matched on their ``object_id``
     exclude_pk: str | None
     vector: Sequence[float] | None
     text: str
@@ -96,6 +98,7 @@ class FusedQuery:
     vector_statuses: list[str]
     text_statuses: list[str]
     depth: dict[str, int]
+    images_per_object: int  # the encoder's ``max_images``: image hits read per object wanted
     weights: dict[str, float]
     rrf_k: float
     exact_boost: float
@@ -129,17 +132,7 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
     legs: list[tuple[str, str, list]] = []  # (name, CTE body, params)
     scope, scope_params = _scope(query)
     if query.vector is not None and query.weights["vector"] > 0:
-        # The text legs rank the vector hits too: the hits carry what those legs read, so no
-        # leg fetches the same 200 rows again.
-        carried = ("search_document", "keywords", "keyword_tokens") if query.text else ()
-        outer, inner = "".join(f", {c}" for c in carried), "".join(f", e.{c}" for c in carried)
-        legs.append(("vector", f"""
-            SELECT object_pk, rank() OVER (ORDER BY distance) AS rank, distance{outer} FROM (
-                SELECT e.object_pk, e.vector::vector({int(query.dimension)}) <=> %s::vector AS distance{inner}
-                FROM clip_search_embedding e
-                WHERE {scope} AND e.status = ANY(%s)
-                ORDER BY distance LIMIT %s) AS hits""",
-            [_vector_literal(query.vector), *scope_params, query.vector_statuses, query.depth["vector"]]))
+        legs.append(("vector", *_vector_leg(query)))
     if query.text and query.weights["fulltext"] > 0:
         legs.append(("fulltext", *_fulltext_leg(query, scope, scope_params, [name for name, *_ in legs])))
     if query.text and query.weights["keyword"] > 0:
@@ -175,6 +168,39 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
     )
     params.append(int(query.limit))
     return statement, params
+
+
+def _vector_leg(query: FusedQuery) -> tuple[str, list]:
+    """The nearest images, collapsed to one hit per object (its best image).
+
+    ``depth × images_per_object`` images always hold ``depth`` objects when there are that
+    many (no object has more images than that), and pgvector's iterative scan keeps walking
+    the graph until the filter has let that many through. With one image per object (the
+    usual) this is the plain HNSW top-``depth``.
+    """
+    scope, scope_params = _scope(query, "i")
+    depth = query.depth["vector"]
+    # The text legs rank the vector hits too: the hits carry what those legs read (from the
+    # object's row, by its unique key), so no leg fetches the same rows again.
+    carried = ("search_document", "keywords", "keyword_tokens") if query.text else ()
+    columns = "".join(f", e.{c}" for c in carried)
+    join = """JOIN clip_search_embedding e ON e.content_type_id = %s AND e.encoder_id = %s
+                                      AND e.object_pk = best.object_pk""" if carried else ""
+    body = f"""
+        SELECT best.object_pk, rank() OVER (ORDER BY best.distance) AS rank, best.distance{columns}
+        FROM (
+            SELECT object_pk, min(distance) AS distance FROM (
+                SELECT i.object_pk, i.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
+                FROM clip_search_imageembedding i
+                WHERE {scope} AND i.product_status = ANY(%s)
+                ORDER BY distance LIMIT %s) AS images
+            GROUP BY object_pk ORDER BY distance LIMIT %s) AS best
+        {join}"""
+    params = [_vector_literal(query.vector), *scope_params, query.vector_statuses,
+              depth * max(1, query.images_per_object), depth]
+    if carried:
+        params += [int(query.content_type_id), int(query.encoder_id)]
+    return body, params
 
 
 # Matching rows a leg reads from its index before it keeps the ``depth`` best: a word that
@@ -276,21 +302,25 @@ def fused_search(query: FusedQuery, using: str = "default") -> list[FusedHit]:
             for pk, score, vr, vd, fr, fs, kr, ke, ks in rows]
 
 
-def _scope(query: FusedQuery) -> tuple[str, list]:
-    """The rows one leg may read: this model, this encoder, the shop's filters, not ``like``."""
-    clauses = ["e.encoder_id = %s", "e.content_type_id = %s"]
+def _scope(query: FusedQuery, alias: str = "e") -> tuple[str, list]:
+    """The rows one leg may read: this model, this encoder, the shop's filters, not ``like``.
+
+    ``alias`` is the leg's table (``e`` the object rows, ``i`` the image rows; both carry the
+    object's keys). Each leg adds its own status filter.
+    """
+    clauses = [f"{alias}.encoder_id = %s", f"{alias}.content_type_id = %s"]
     params: list = [int(query.encoder_id), int(query.content_type_id)]
     if query.base is not None:
-        # object_pk is cast to the pk's type, not the pk to text: then each hit of an index scan
-        # is checked against the shop table's pk index (a nested loop over a few hundred
-        # rows), where a text comparison had to hash the whole filtered table in every leg and
-        # led the planner to sort every vector instead of walking the HNSW graph. The cast
-        # only meets this model's rows: the content type is a filter of the scan below it.
+        # Integer pks (most shops) meet the rows' bigint ``object_id``, which an index leads
+        # from: a selective filter (1 % of the catalog) then reads its few hundred rows by key
+        # instead of checking candidates one by one. Other pk types cast ``object_pk`` to the
+        # pk's type, so each hit is still checked against the shop table's pk index.
         base_sql, base_params = query.base
-        clauses.append(f"e.object_pk::{query.pk_type} IN (SELECT base.pk FROM ({base_sql}) AS base(pk))")
+        key = f"{alias}.object_id" if query.integer_pk else f"{alias}.object_pk::{query.pk_type}"
+        clauses.append(f"{key} IN (SELECT base.pk FROM ({base_sql}) AS base(pk))")
         params.extend(base_params)
     if query.exclude_pk is not None:
-        clauses.append("e.object_pk <> %s")
+        clauses.append(f"{alias}.object_pk <> %s")
         params.append(query.exclude_pk)
     return " AND ".join(clauses), params
 

@@ -1,31 +1,31 @@
 """Celery tasks. Idempotent (a duplicate delivery leaves one row), acks late, JSON arguments.
 
-Workers need ``worker_prefetch_multiplier = 1`` and should consume the queue named by
-``CLIP_SEARCH["QUEUE"]`` (README: "Running the worker").
+Every clip_search task publishes to ``CLIP_SEARCH["QUEUE"]`` by itself (``ClipSearchTask``):
+``delay()``, ``apply_async()``, a beat entry naming ``"clip_search.sweep"`` and
+``app.send_task`` all land where the documented worker (``-Q clip_search``) listens,
+without a route in the shop's Celery settings. Workers need ``worker_prefetch_multiplier = 1``.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.app.task import extract_exec_options
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.db.models.functions import Cast
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from clip_search.conf import clip_settings
-from clip_search.indexing import (
-    active_encoder,
-    embed_objects,
-    iter_objects,
-    register_encoder,
-    remove_object,
-)
+from clip_search.indexing import active_encoder, embed_objects, register_encoder, remove_object
 from clip_search.models import Embedding, EncoderModel
-from clip_search.registry import registry
+from clip_search.registry import Registration, registry
+from clip_search.verify import delete_orphans, hide_unscored, needs_work, resume_point, verify_batches
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,19 @@ logger = logging.getLogger(__name__)
 PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+class ClipSearchTask(Task):
+    """Publishes to ``CLIP_SEARCH["QUEUE"]``, read at publish time (``override_settings`` works)."""
+
+    @property
+    def queue(self) -> str:  # type: ignore[override]
+        return clip_settings.QUEUE
+
+    def _get_exec_options(self) -> dict[str, Any]:
+        # Celery caches these per task; the queue is a setting, so they are read every time.
+        return extract_exec_options(self)
+
+
+@shared_task(bind=True, base=ClipSearchTask, acks_late=True, reject_on_worker_lost=True, max_retries=None,
              name="clip_search.embed_batch")
 def embed_batch(self, label: str, pks: list[str], encoder_id: int | None = None,
                 force: bool = False) -> dict:
@@ -41,7 +53,7 @@ def embed_batch(self, label: str, pks: list[str], encoder_id: int | None = None,
     registration = registry.get(label)
     try:
         encoder = _encoder(encoder_id)
-        objects = iter_objects(registration, pks)
+        objects = registration.fetch(pks)
         gone = set(map(str, pks)) - {str(o.pk) for o in objects}
         for pk in gone:  # deleted since it was queued
             remove_object(registration, pk)
@@ -61,24 +73,30 @@ def _encoder(encoder_id: int | None) -> EncoderModel:
     return active_encoder() or register_encoder()
 
 
-def enqueue(label: str, pks: list[str], encoder_id: int | None = None, force: bool = False) -> bool:
-    """Queue an embed task. With the broker down, record why on the rows and return False."""
-    try:
-        embed_batch.apply_async(args=(label, [str(pk) for pk in pks], encoder_id, force),
-                                queue=clip_settings.QUEUE, retry=True, retry_policy=PUBLISH_RETRY)
-        return True
-    except (BrokerError, OSError) as error:
-        reason = f"Could not queue the embed task ({type(error).__name__}: {error}); the sweep will retry."
-        logger.warning("clip_search: %s [%s %s]", reason, label, pks)
-        mark_stale(label, pks, reason, force=force)
-        return False
+def enqueue(label: str, pks: list[Any], encoder_id: int | None = None, force: bool = False) -> bool:
+    """Queue embed tasks, ``BATCH_SIZE`` objects each. With the broker down, record why on the
+    rows (the sweep finds them) and return False."""
+    keys = [str(pk) for pk in pks]
+    size = clip_settings.BATCH_SIZE
+    for start in range(0, len(keys), size):
+        batch = keys[start:start + size]
+        try:
+            embed_batch.apply_async(args=(label, batch, encoder_id, force), retry=True,
+                                    retry_policy=PUBLISH_RETRY)
+        except (BrokerError, OSError) as error:
+            reason = (f"Could not queue the embed task ({type(error).__name__}: {error}); "
+                      "the sweep will retry.")
+            logger.warning("clip_search: %s [%s, %d objects]", reason, label, len(keys) - start)
+            mark_stale(label, keys[start:], reason, force=force)
+            return False
+    return True
 
 
 def mark_stale(label: str, pks: list[str], reason: str, force: bool = False) -> None:
     """Leave a trace the sweep finds: absent rows become pending, existing rows stale.
 
-    ``force`` (a re-embed staff asked for) forgets the image digest, so the sweep's plain
-    task re-embeds an unchanged image instead of skipping it."""
+    ``force`` (a re-embed staff asked for) is kept on the row, so the sweep's task re-embeds
+    the unchanged images instead of reusing their vectors."""
     encoder = active_encoder()
     if encoder is None:
         return  # nothing embedded yet: the sweep finds objects without rows anyway
@@ -88,14 +106,15 @@ def mark_stale(label: str, pks: list[str], reason: str, force: bool = False) -> 
             content_type=content_type, object_pk=str(pk), encoder=encoder,
             defaults={"status": Embedding.Status.PENDING, "error": reason, "stale": True})
         if not created:
-            changes = {"image_sha256": ""} if force else {}
-            Embedding.objects.filter(pk=row.pk).update(stale=True, error=reason, **changes)
+            Embedding.objects.filter(pk=row.pk).update(stale=True, error=reason, reembed=force or row.reembed)
 
 
-def find_work(registration, encoder: EncoderModel, *, missing_only: bool = True, after_pk=None):
+def find_work(registration: Registration, encoder: EncoderModel, *, missing_only: bool = True,
+              after_pk: Any = None) -> models.QuerySet:
     """Objects of a registered model that need (re-)embedding for ``encoder``, by pk.
 
-    Missing: no row, a pending or stale row, or an error row below the retry limit.
+    Missing: no row, or a row that is pending, stale, asked to re-embed, or failed below the
+    retry limit. What changed without a signal is the verify pass's to find.
     """
     model = registration.model
     content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
@@ -104,25 +123,87 @@ def find_work(registration, encoder: EncoderModel, *, missing_only: bool = True,
         queryset = queryset.filter(pk__gt=after_pk)
     if not missing_only:
         return queryset
-    rows = Embedding.objects.filter(content_type=content_type, encoder=encoder,
-                                    object_pk=Cast(OuterRef("pk"), models.CharField()))
-    needs_work = rows.filter(Q(status=Embedding.Status.PENDING) | Q(stale=True)
-                             | Q(status=Embedding.Status.ERROR, attempts__lt=clip_settings.MAX_RETRIES))
-    return queryset.filter(~Exists(rows) | Exists(needs_work))
+    row = Embedding.objects.filter(content_type=content_type, encoder=encoder,
+                                   object_pk=Cast(OuterRef("pk"), models.CharField()))
+    return queryset.filter(~Exists(row) | Exists(row.filter(needs_work())))
 
 
-@shared_task(name="clip_search.sweep", acks_late=True)
+@shared_task(name="clip_search.sweep", base=ClipSearchTask, acks_late=True)
 def sweep(batch_size: int | None = None) -> int:
-    """Periodic (Celery beat): queue everything that signals missed — bulk_create, update(),
-    saves while the broker was down, retryable errors. Returns how many objects it queued."""
-    batch_size = batch_size or clip_settings.BATCH_SIZE
+    """Periodic (Celery beat): queue what signals missed, returns how many objects it queued.
+
+    Every run queues unfinished rows (pending for ``SWEEP["PENDING_AFTER"]`` seconds: its
+    message is presumed lost; stale; failed below the retry limit) and objects without a row,
+    then verifies the next ``SWEEP["VERIFY_PER_RUN"]`` objects of the catalog against their
+    rows (``verify``), resuming where the previous run stopped; a pass that reaches the end
+    also deletes the rows of objects that no longer exist.
+    """
+    options = clip_settings.SWEEP
     encoder = active_encoder() or register_encoder()
+    pending_after = timedelta(seconds=options["PENDING_AFTER"])
     queued = 0
     for registration in registry:
-        pks = [str(pk) for pk in find_work(registration, encoder).values_list("pk", flat=True)]
-        for start in range(0, len(pks), batch_size):
-            if enqueue(registration.label, pks[start:start + batch_size], encoder.pk):
-                queued += len(pks[start:start + batch_size])
-    logger.info("clip_search sweep queued %d objects at %s", queued, timezone.now())
+        queued += _sweep_unfinished(registration, encoder, pending_after)
+        queued += verify_slice(registration, encoder, limit=options["VERIFY_PER_RUN"], batch_size=batch_size)
+    logger.info("clip_search sweep queued %d objects", queued)
     return queued
 
+
+def _sweep_unfinished(registration: Registration, encoder: EncoderModel, pending_after: timedelta) -> int:
+    content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
+    rows_ = Embedding.objects.filter(content_type=content_type, encoder=encoder).filter(needs_work())
+    rows_ = rows_.exclude(status=Embedding.Status.PENDING, stale=False, reembed=False,
+                          updated_at__gt=timezone.now() - pending_after)
+    pks = list(rows_.values_list("object_pk", flat=True))
+    return len(pks) if pks and enqueue(registration.label, pks, encoder.pk) else 0
+
+
+def verify_slice(registration: Registration, encoder: EncoderModel, *, limit: int | None,
+                 batch_size: int | None = None) -> int:
+    """Verify up to ``limit`` objects after the stored cursor (all of them with None), hide
+    those with a new image, queue those that drifted; returns how many were queued."""
+    cursor, after = resume_point(registration, encoder)
+    queued = checked = 0
+    # Unfinished rows are the first step's (``_sweep_unfinished``): not queued twice.
+    for batch in verify_batches(registration, encoder, after_pk=after, limit=limit, batch_size=batch_size,
+                                unfinished=False):
+        hide_unscored(registration, batch)
+        if batch.drifted and enqueue(registration.label, batch.drifted, encoder.pk):
+            queued += len(batch.drifted)
+        checked += batch.checked
+        cursor.last_pk = str(batch.last_pk)
+        cursor.save(update_fields=["last_pk", "updated_at"])
+    if limit is None or checked < limit:  # reached the end: the next run starts a new pass
+        cursor.last_pk, cursor.passes = "", cursor.passes + 1
+        cursor.save(update_fields=["last_pk", "passes", "updated_at"])
+        orphans = delete_orphans(registration)
+        if orphans:
+            logger.info("clip_search: deleted the rows of %d deleted %s objects", orphans, registration.label)
+    return queued
+
+
+def reindex(target: models.Model | models.QuerySet | list, *, force: bool = False) -> int:
+    """Queue (re-)embedding of an object, a queryset or a list of objects of registered
+    models, after the current transaction commits; returns how many objects were queued.
+
+    ``force`` re-embeds images that did not change (after new weights, say); otherwise
+    unchanged images are reused and only what differs is redone. A dead broker marks the
+    rows stale for the sweep, as a save would.
+    """
+    from django.db import transaction
+
+    if isinstance(target, models.Model):
+        groups = {type(target): [target.pk]}
+    elif isinstance(target, models.QuerySet):
+        groups = {target.model: list(target.order_by().values_list("pk", flat=True))}
+    else:
+        groups: dict[type[models.Model], list[Any]] = {}
+        for obj in target:
+            groups.setdefault(type(obj), []).append(obj.pk)
+    total = 0
+    for model, pks in groups.items():
+        label = registry.get(model).label  # RegistrationError for a model that is not registered
+        keys = [str(pk) for pk in pks]
+        transaction.on_commit(lambda label=label, keys=keys: enqueue(label, keys, force=force))
+        total += len(keys)
+    return total

@@ -7,12 +7,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from django.core.files.base import ContentFile
 from django.test import override_settings
 
 from shop_demo.catalog.loading import create_catalog, create_product
 
 __all__ = ["create_catalog", "create_product", "embedded_catalog", "encoder_weights_deleted", "imported",
-           "signals_off"]
+           "add_image", "Pictures", "quarantine", "set_status", "signals_off", "vector_of"]
 
 
 @contextlib.contextmanager
@@ -44,10 +45,10 @@ def embedded_catalog(specs: list, media: Path, django_db_blocker) -> Iterator[li
     the ``db`` fixture fails instead of committing its own rows (a caller whose live server
     thread queries meanwhile holds ``django_db_blocker.unblock()`` itself).
     """
+    from clip_search.bulk import reindex_inline
     from clip_search.indexing import register_encoder
     from clip_search.models import Embedding, EncoderModel
     from clip_search.registry import registry
-    from clip_search.reindex import reindex_inline
     from shop_demo.catalog.models import Brand, Category, Product
 
     with override_settings(MEDIA_ROOT=media):
@@ -85,3 +86,70 @@ def encoder_weights_deleted(model_dir: Path, scratch: Path) -> Iterator[None]:
     finally:
         EncoderModel.objects.filter(pk=encoder.pk).update(name=encoder.name)
         encoders.reset()
+
+
+def set_status(product, status: str) -> None:
+    """Give a product's rows a status directly (and its image rows their copy of it)."""
+    from clip_search import rows
+    from clip_search.models import Embedding
+
+    for pk in Embedding.objects.filter(object_pk=str(product.pk)).values_list("pk", flat=True):
+        rows.set_status(pk, status)
+
+
+def quarantine(row, scores: dict | None = None):
+    """Flag the row's first image as moderation would and open its review item; returns it."""
+    from clip_search import moderation, rows
+    from clip_search.models import Embedding, ImageEmbedding, ReviewItem
+
+    scores = scores or {"weapons": 0.9}
+    image = row.images.order_by("position").first()
+    ImageEmbedding.objects.filter(pk=image.pk).update(verdict=ImageEmbedding.Verdict.FLAGGED,
+                                                      moderation_scores=scores)
+    rows.set_status(row.pk, Embedding.Status.FLAGGED)
+    image.refresh_from_db()
+    verdict = moderation.Verdict(scores=scores, flagged=sorted(scores))
+    return moderation.open_review(image, verdict, ReviewItem.Reason.FLAGGED)[0]
+
+
+def vector_of(product, position: int = 0):
+    """The product's stored vector of one image (active encoder), as a numpy array."""
+    import numpy as np
+
+    from clip_search.models import ImageEmbedding
+
+    value = ImageEmbedding.objects.get(object_pk=str(product.pk), encoder__is_active=True,
+                                       position=position).vector
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def add_image(product, data: bytes, order: int = 0, name: str = "gallery.png"):
+    """A gallery row (``catalog.ProductImage``) with this picture, saved like the admin does."""
+    from shop_demo.catalog.models import ProductImage
+
+    row = ProductImage(product=product, display_order=order)
+    row.image.save(name, ContentFile(data), save=False)
+    row.save()
+    return row
+
+
+class Pictures:
+    """Drawn pictures the demo model is known to pass (``safe``) or flag (``knife``) with the
+    demo's moderation settings: a test of the quarantine never rests on a knife the model
+    happens to miss (it flags 97-100 % of them; test_demo_model holds it to that)."""
+
+    def __init__(self, clip, count: int = 8, seed: int = 515) -> None:
+        import numpy as np
+
+        from clip_search.encoders import ImageEncoder, TextEncoder
+        from clip_search.moderation import Moderator
+        from shop_demo.catalog.generator import generate_catalog
+
+        specs = generate_catalog(40 * count, seed=seed)
+        data = [spec.png_bytes(64) for spec in specs]
+        vectors = np.stack([r.vector for r in ImageEncoder(clip).encode_bytes(data)])
+        verdicts = Moderator(TextEncoder(clip), clip.logit_scale).judge(vectors)
+        judged = list(zip(specs, data, verdicts, strict=True))
+        self.safe = [d for spec, d, verdict in judged if not spec.is_unsafe and not verdict.is_flagged]
+        self.knife = [d for spec, d, verdict in judged if spec.is_unsafe and verdict.is_flagged]
+        assert len(self.safe) >= count and len(self.knife) >= 2, (len(self.safe), len(self.knife))

@@ -30,6 +30,14 @@ def demo_clip(demo_model_dir):
     return load_clip(EncoderSpec(f"local-dir:{demo_model_dir}"))
 
 
+@pytest.fixture(scope="session")
+def pictures(demo_clip):
+    """Pictures the demo model passes (``.safe``) and flags (``.knife``): tests/catalog.Pictures."""
+    from tests.catalog import Pictures
+
+    return Pictures(demo_clip)
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -26,7 +26,7 @@ from clip_search.models import Embedding, EncoderModel, ReviewDecision, ReviewIt
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.broker import free_port, producer
-from tests.catalog import embedded_catalog
+from tests.catalog import embedded_catalog, quarantine
 
 CATALOG_SIZE = 40
 CHANGELIST = "admin:catalog_product_changelist"
@@ -259,11 +259,7 @@ def review_items(catalog, db):
     """Three open reviews of real embedded rows (flagged as moderation would) and one decided."""
     items = []
     for row in Embedding.objects.filter(status=Status.INDEXED).order_by("pk")[:4]:
-        Embedding.objects.filter(pk=row.pk).update(status=Status.FLAGGED)
-        row.refresh_from_db()
-        verdict = moderation.Verdict(scores={"weapons": 0.91}, flagged=["weapons"])
-        item, _ = moderation.open_review(row, verdict, ReviewItem.Reason.FLAGGED)
-        items.append(item)
+        items.append(quarantine(row, {"weapons": 0.91}))
     moderation.approve(items[0], user=None, note="decided before")
     return items
 

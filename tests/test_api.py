@@ -20,10 +20,9 @@ from rest_framework.test import APIClient
 from clip_search.api import urls as api_urls
 from clip_search.api import views as api_views
 from clip_search.models import Embedding, ReviewDecision, ReviewItem
-from clip_search.moderation import Verdict, open_review
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Category, Product
-from tests.catalog import embedded_catalog, encoder_weights_deleted
+from tests.catalog import embedded_catalog, encoder_weights_deleted, quarantine, set_status
 
 CATALOG_SIZE = 120
 Status = Embedding.Status
@@ -94,10 +93,6 @@ def assert_error(response, status: int, code: str) -> dict:
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
     return body["error"]
-
-
-def set_status(product: Product, status: str) -> None:
-    Embedding.objects.filter(object_pk=str(product.pk)).update(status=status)
 
 
 # --------------------------------------------------------------------------- text search
@@ -355,11 +350,7 @@ def flagged(shown) -> list[tuple[Product, ReviewItem]]:
     """Three products quarantined as moderation would, each with an open review item."""
     items = []
     for product in shown[30:33]:
-        set_status(product, Status.FLAGGED)
-        row = Embedding.objects.get(object_pk=str(product.pk))
-        verdict = Verdict(scores={"weapons": 0.9}, flagged=["weapons"])
-        item, _ = open_review(row, verdict, ReviewItem.Reason.FLAGGED)
-        items.append((product, item))
+        items.append((product, quarantine(Embedding.objects.get(object_pk=str(product.pk)))))
     return items
 
 

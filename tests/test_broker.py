@@ -26,7 +26,7 @@ from tests.broker import (
     unique_queue,
     wait_for,
 )
-from tests.catalog import create_product, imported
+from tests.catalog import create_product, imported, vector_of
 from tests.conftest import require
 
 pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
@@ -73,10 +73,6 @@ def finished(count: int):
     return lambda: Embedding.objects.filter(status__in=DONE, stale=False).count() >= count
 
 
-def vector(row: Embedding) -> np.ndarray:
-    return np.asarray(row.vector.to_numpy() if hasattr(row.vector, "to_numpy") else row.vector, np.float32)
-
-
 def test_saved_products_are_embedded_by_a_worker(redis_url, start_worker, demo_clip):
     specs = generate_catalog(20, seed=21)  # one block of 20 holds exactly one knife
     with producer(redis_url):
@@ -93,7 +89,7 @@ def test_saved_products_are_embedded_by_a_worker(redis_url, start_worker, demo_c
         np.stack([result.vector for result in expected]))
     for product, result, verdict in zip(products, expected, verdicts, strict=True):
         row = product.clip_embedding
-        assert float(np.dot(vector(row), result.vector)) == pytest.approx(1.0, abs=1e-4)
+        assert float(np.dot(vector_of(product), result.vector)) == pytest.approx(1.0, abs=1e-4)
         assert row.status == (Status.FLAGGED if verdict.is_flagged else Status.INDEXED), product.title
     knife = next(p for spec, p in zip(specs, products, strict=True) if spec.is_unsafe)
     assert knife.clip_embedding.status == Status.FLAGGED
@@ -120,7 +116,7 @@ def test_a_dead_broker_does_not_fail_the_save_and_the_sweep_recovers(tmp_path, s
             worker = start_worker(broker.url)
             wait_for(finished(1), 120, f"embedding after the sweep\n{worker.log()}")
         row = Embedding.objects.get(pk=row.pk)
-        assert row.status == Status.INDEXED and row.vector is not None and not row.error
+        assert row.status == Status.INDEXED and vector_of(product) is not None and not row.error
     finally:
         broker.stop()
 

@@ -11,7 +11,7 @@ from clip_search.models import Embedding
 from clip_search.registry import registry
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.catalog import create_catalog, create_product
+from tests.catalog import create_catalog, create_product, vector_of
 
 pytestmark = pytest.mark.django_db
 
@@ -42,9 +42,10 @@ def test_products_get_rows_with_the_encoders_vectors(demo_clip):
     for product, result in zip(products, expected, strict=True):
         row = product.clip_embedding
         assert row.status in (Status.INDEXED, Status.FLAGGED)
-        assert np.dot(np.array(row.vector.to_list() if hasattr(row.vector, "to_list") else row.vector),
-                      result.vector) == pytest.approx(1.0, abs=1e-4)
-        assert row.image_sha256 and row.keywords.startswith(product.sku.lower())
+        assert np.dot(vector_of(product), result.vector) == pytest.approx(1.0, abs=1e-4)
+        image = row.images.get()
+        assert image.name == product.image.name and image.size == product.image.size and image.sha256
+        assert row.keywords.startswith(product.sku.lower())
         assert row.keyword_tokens == [product.sku.lower(), product.brand.name.lower()]
 
 
@@ -65,8 +66,8 @@ def test_bad_and_missing_images_are_reported_and_the_product_is_kept():
     summary = embed([broken, missing, gone])
     assert Product.objects.count() == 3
     assert broken.clip_embedding.status == Status.ERROR
-    assert broken.clip_embedding.error.startswith("not_an_image:")
-    assert missing.clip_embedding.status == Status.NO_IMAGE and missing.clip_embedding.vector is None
+    assert broken.clip_embedding.error.startswith("image 1: not_an_image:")
+    assert missing.clip_embedding.status == Status.NO_IMAGE and not missing.clip_embedding.images.exists()
     assert gone.clip_embedding.status == Status.ERROR and "could not be read" in gone.clip_embedding.error
     assert summary.counts["failed"] == 2 and set(summary.errors) == {str(broken.pk), str(gone.pk)}
 
@@ -90,7 +91,7 @@ def test_model_switch_is_refused_until_coverage_is_complete(tmp_path, demo_model
 
     from safetensors.torch import load_file, save_file
 
-    from clip_search import reindex
+    from clip_search import bulk
     from clip_search.encoders import EncoderSpec
     from clip_search.training import WEIGHTS_FILE
 
@@ -106,7 +107,7 @@ def test_model_switch_is_refused_until_coverage_is_complete(tmp_path, demo_model
     new = register_encoder(EncoderSpec(f"local-dir:{tmp_path}"))
     assert new.pk != old.pk and not new.is_active
     with pytest.raises(ValueError, match="missing 5 objects"):
-        reindex.activate(new, list(registry))
+        bulk.activate(new, list(registry))
     call_command("clip_reindex", "--model", f"local-dir:{tmp_path}", "--activate")
     new.refresh_from_db()
     old.refresh_from_db()

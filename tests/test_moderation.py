@@ -72,12 +72,14 @@ def flagged(settings, received):
 
 def test_a_flagged_upload_is_quarantined_with_an_open_review(flagged, received):
     row = flagged.clip_embedding
-    assert row.status == Status.FLAGGED and row.vector is not None
+    image = row.images.get()
+    assert row.status == Status.FLAGGED and image.vector is not None and image.verdict == "flagged"
     assert not Embedding.objects.searchable().filter(pk=row.pk).exists()
     item = ReviewItem.objects.get(embedding=row)
     assert item.status == ReviewItem.Status.OPEN and item.reason == ReviewItem.Reason.FLAGGED
     assert item.categories == ["weapons"] and 0 < item.scores["weapons"] <= 1
-    assert item.scores == row.moderation_scores
+    assert item.scores == image.moderation_scores
+    assert (item.image, item.image_sha256, item.image_name) == (image, image.sha256, flagged.image.name)
     first = item.decisions.get()
     assert first.decision == ReviewDecision.Decision.FLAGGED and first.encoder == row.encoder
     assert received == [("upload_flagged", Product, str(flagged.pk))]

@@ -42,6 +42,12 @@ class AlreadyDecided(exceptions.APIException):
     default_code = "already_decided"
 
 
+class ImageChanged(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = _("The product no longer has the reviewed image; its new image is reviewed on its own.")
+    default_code = "image_changed"
+
+
 class ImageSearchUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = _("Image search is unavailable right now; try again later or search by words.")

@@ -15,7 +15,8 @@ from rest_framework import serializers
 
 from clip_search.api.conf import api_options, imported
 from clip_search.models import ReviewItem
-from clip_search.registry import Registration, read_path
+from clip_search.moderation import reviewed_image_url
+from clip_search.registry import Registration, read_path, registry
 
 # --------------------------------------------------------------------------- parameters
 
@@ -80,23 +81,32 @@ class ErrorSerializer(serializers.Serializer):
 
 @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
 class ImageUrlField(serializers.Field):
-    """The absolute URL of the image at ``path`` (a file field, ``brand__logo`` style), or null."""
+    """The absolute URL of an image of the object, or null.
 
-    def __init__(self, path: str | None, **kwargs: Any) -> None:
+    ``ImageUrlField()``: the first of the object's registered images (display order);
+    ``ImageUrlField("brand__logo")``: the file at that path. Null for no image, or for an
+    image a callable gives as bytes (it has no URL).
+    """
+
+    def __init__(self, path: str | Registration | None = None, **kwargs: Any) -> None:
         kwargs.update(source="*", read_only=True)
         super().__init__(**kwargs)
         self.path = path
 
     def to_representation(self, obj: models.Model) -> str | None:
-        return image_url(obj, self.path, self.context.get("request"))
+        if isinstance(self.path, str):
+            file = read_path(obj, self.path)
+            url = file.url if file else None
+        else:
+            url = (self.path or registry.get(type(obj))).image_url(obj)
+        return absolute(url, self.context.get("request"))
 
 
-def image_url(obj: models.Model, path: str | None, request: Any = None) -> str | None:
+def absolute(url: str | None, request: Any = None) -> str | None:
     """Absolute when there is a request, so a client on another host can load it."""
-    file = read_path(obj, path) if path else None
-    if not file:
+    if not url:
         return None
-    return request.build_absolute_uri(file.url) if request else file.url
+    return request.build_absolute_uri(url) if request else url
 
 
 class VectorEvidenceSerializer(serializers.Serializer):
@@ -142,14 +152,13 @@ _serializers: dict[Any, type[serializers.Serializer]] = {}
 
 
 def default_serializer_class(registration: Registration, fields: tuple[str, ...] = ()) -> type:
-    """pk, name (``str()``), the registered image's URL and ``fields``, for any model."""
+    """pk, name (``str()``), the first registered image's URL and ``fields``, for any model."""
     model = registration.model
-    image = registration.image if isinstance(registration.image, str) else None
     meta = type("Meta", (), {"model": model, "fields": ["pk", "name", "image", *fields]})
     return type(f"{model.__name__}ResultSerializer", (serializers.ModelSerializer,), {
         "Meta": meta,
         "name": serializers.CharField(source="__str__", read_only=True),
-        "image": ImageUrlField(image),
+        "image": ImageUrlField(registration, help_text=_("The product's first picture.")),
     })
 
 
@@ -190,17 +199,27 @@ class ReviewProductSerializer(serializers.Serializer):
     image = serializers.URLField(allow_null=True)
 
 
+class ReviewImageSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text=_("The image's storage name."))
+    position = serializers.IntegerField(allow_null=True, help_text=_("0 for the product's first image."))
+    url = serializers.URLField(allow_null=True)
+    current = serializers.BooleanField(help_text=_(
+        "The product still holds this image: a decision applies only then (409 `image_changed` else)."))
+
+
 class ReviewItemSerializer(serializers.ModelSerializer):
-    """An open (or just decided) quarantine item with what staff need to decide."""
+    """An open (or just decided) quarantine item with what staff need to decide: the very image
+    that was flagged (a product may have several)."""
 
     model = serializers.SerializerMethodField(help_text=_("The product's model label, e.g. catalog.product."))
     object_pk = serializers.CharField(source="embedding.object_pk", read_only=True)
     embedding_status = serializers.CharField(source="embedding.status", read_only=True)
     product = serializers.SerializerMethodField(help_text=_("Null when the product was deleted."))
+    image = serializers.SerializerMethodField(help_text=_("The reviewed image."))
 
     class Meta:
         model = ReviewItem
-        fields = ["id", "model", "object_pk", "product", "reason", "categories", "scores", "status",
+        fields = ["id", "model", "object_pk", "product", "image", "reason", "categories", "scores", "status",
                   "embedding_status", "created_at", "decided_at"]
         read_only_fields = fields
 
@@ -208,13 +227,24 @@ class ReviewItemSerializer(serializers.ModelSerializer):
         content_type = item.embedding.content_type
         return f"{content_type.app_label}.{content_type.model}"
 
+    def _product(self, item: ReviewItem) -> tuple[models.Model, Registration] | None:
+        """``context["products"]``: {(content type id, object pk): (product, registration)}."""
+        key = (item.embedding.content_type_id, item.embedding.object_pk)
+        return self.context.get("products", {}).get(key)
+
     @extend_schema_field(ReviewProductSerializer(allow_null=True))
     def get_product(self, item: ReviewItem) -> dict[str, Any] | None:
-        """``context["products"]``: {(content type id, object pk): (product, image field path)}."""
-        key = (item.embedding.content_type_id, item.embedding.object_pk)
-        found = self.context.get("products", {}).get(key)
+        found = self._product(item)
         if found is None:
             return None
-        obj, image_path = found
+        obj, registration = found
         return {"pk": str(obj.pk), "name": str(obj),
-                "image": image_url(obj, image_path, self.context.get("request"))}
+                "image": absolute(registration.image_url(obj), self.context.get("request"))}
+
+    @extend_schema_field(ReviewImageSerializer())
+    def get_image(self, item: ReviewItem) -> dict[str, Any]:
+        found = self._product(item)
+        url = reviewed_image_url(item, *found) if found else None
+        current = item.image is not None and item.image.sha256 == item.image_sha256
+        return {"name": item.image_name, "position": item.image.position if current else None,
+                "url": absolute(url, self.context.get("request")), "current": current}

@@ -32,7 +32,13 @@ from rest_framework.views import APIView
 
 from clip_search import moderation
 from clip_search.api.conf import IMAGE_SCOPE, SEARCH_SCOPE, VERSIONS, api_options, storefront_registration
-from clip_search.api.errors import AlreadyDecided, ImageSearchUnavailable, NotIndexed, api_exception_handler
+from clip_search.api.errors import (
+    AlreadyDecided,
+    ImageChanged,
+    ImageSearchUnavailable,
+    NotIndexed,
+    api_exception_handler,
+)
 from clip_search.api.filters import filterset_class_for
 from clip_search.api.pagination import ApiPagination, SearchPagination
 from clip_search.api.schema import ApiAutoSchema
@@ -124,8 +130,10 @@ class StorefrontView(ApiView):
         return search(queryset, limit=clip_settings.SEARCH["LIMIT"], **query)
 
     def respond(self, results: models.QuerySet, explain: bool) -> Response:
-        related = self.registration.related_paths()
-        page = self.paginate_queryset(results.select_related(*related) if related else results)
+        registration = self.registration
+        results = results.select_related(*registration.related_paths()).prefetch_related(
+            *registration.prefetch_paths())
+        page = self.paginate_queryset(results)
         context = {**self.get_serializer_context(), "search_info": results.search_info, "explain": explain}
         serializer = self.get_serializer_class()(page, many=True, context=context)
         return self.get_paginated_response(serializer.data)
@@ -259,7 +267,7 @@ class ReviewView(ApiView):
     serializer_class = ReviewItemSerializer
 
     def get_queryset(self) -> models.QuerySet:
-        return ReviewItem.objects.select_related("embedding__content_type")
+        return ReviewItem.objects.select_related("embedding__content_type", "image")
 
     def get_serializer_context(self) -> dict[str, Any]:
         return {**super().get_serializer_context(), "products": getattr(self, "products", {})}
@@ -274,10 +282,9 @@ class ReviewView(ApiView):
             model = ContentType.objects.get_for_id(content_type_id).model_class()
             if model is None or not registry.is_registered(model):
                 continue
-            image = registry.get(model).image
-            image_path = image if isinstance(image, str) else None
-            for obj in model._default_manager.filter(pk__in=pks):
-                self.products[(content_type_id, str(obj.pk))] = (obj, image_path)
+            registration = registry.get(model)
+            for obj in registration.fetch(pks):
+                self.products[(content_type_id, str(obj.pk))] = (obj, registration)
 
 
 class ReviewListView(ReviewView):
@@ -305,7 +312,8 @@ class ReviewDecisionView(ReviewView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
     success_description = _("The decided item.")
     error_responses = {400: None, 401: None, 403: None, 404: None,
-                       409: _("Already decided (`already_decided`).")}
+                       409: _("Already decided (`already_decided`), or the product no longer has the "
+                              "reviewed image (`image_changed`: the item is closed as superseded).")}
     decision = "approve"  # the clip_search.moderation function
 
     def post(self, request: Request, version: str, item_id: int) -> Response:
@@ -315,7 +323,9 @@ class ReviewDecisionView(ReviewView):
             raise exceptions.NotFound(_("No such review item."))
         try:
             item = getattr(moderation, self.decision)(item, user=request.user, note=note)
-        except ValueError as error:
+        except moderation.ImageChanged as error:
+            raise ImageChanged() from error
+        except moderation.DecisionRefused as error:
             raise AlreadyDecided() from error
         item = self.get_queryset().get(pk=item.pk)
         self.load_products([item])

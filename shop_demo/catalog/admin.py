@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from clip_search.admin import ClipSearchAdminMixin
-from shop_demo.catalog.models import Brand, Category, Product
+from shop_demo.catalog.models import Brand, Category, Product, ProductImage
 
 
 @admin.register(Brand)
@@ -15,6 +15,12 @@ class CategoryAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
 
 
+class ProductImageInline(admin.TabularInline):
+    model = ProductImage
+    extra = 1
+    fields = ["image", "display_order", "caption"]
+
+
 @admin.register(Product)
 class ProductAdmin(ClipSearchAdminMixin, admin.ModelAdmin):
     """The shop's own admin; the mixin adds hybrid search, image search, statuses and re-embedding."""
@@ -23,3 +29,4 @@ class ProductAdmin(ClipSearchAdminMixin, admin.ModelAdmin):
     list_filter = ["category", "brand", "in_stock", "is_public"]
     search_fields = ["title", "sku", "brand__name"]  # the fallback when nothing is indexed
     autocomplete_fields = ["brand", "category"]
+    inlines = [ProductImageInline]

@@ -5,7 +5,9 @@ from shop_demo.catalog.models import Product
 
 clip_search.register(
     Product,
-    image="image",
+    # The main picture, then the gallery rows in their display order. Saving or deleting a
+    # gallery row re-embeds its product (clip_search watches the model the path goes through).
+    images=["image", "gallery__image"],
     text=["title", "description", "category__name"],
     keywords=["sku", "brand__name"],
     queryset=lambda: Product.objects.filter(is_public=True),

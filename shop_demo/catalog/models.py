@@ -38,3 +38,19 @@ class Product(models.Model):
 
     def __str__(self) -> str:
         return f"{self.title} ({self.sku})"
+
+
+class ProductImage(models.Model):
+    """More pictures of a product, in display order, the way Oscar and Saleor keep them: rows of
+    their own, several per product. The demo registers them with ``images=`` next to ``image``."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="gallery")
+    image = models.ImageField(upload_to="gallery/")
+    display_order = models.PositiveIntegerField(default=0)
+    caption = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["display_order", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.product} #{self.display_order}"

@@ -14,7 +14,7 @@ from shop_demo.catalog.models import Category, Product
 class ProductSerializer(serializers.ModelSerializer):
     brand = serializers.CharField(source="brand.name", read_only=True)
     category = serializers.CharField(source="category.name", read_only=True)
-    image = ImageUrlField("image", help_text=_("The product photo's URL."))
+    image = ImageUrlField(help_text=_("The URL of the product's first photo."))
 
     class Meta:
         model = Product

@@ -22,7 +22,7 @@ from clip_search.models import Embedding
 from clip_search.tasks import embed_batch
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.catalog import create_product, signals_off
+from tests.catalog import create_product, signals_off, vector_of
 from tests.test_admin import filesystem_broker, queued_tasks
 from tests.test_api import assert_error, fresh_throttles, image_search  # noqa: F401 - a fixture
 from tests.test_imaging import encode, huge_png
@@ -97,14 +97,15 @@ def assert_row(kind: str, product: Product) -> None:
     assert Product.objects.filter(pk=product.pk).exists(), kind
     row = Embedding.objects.get(object_pk=str(product.pk))
     code = KINDS[kind][2]
+    image = row.images.get()
     if code:
-        assert row.status == Status.ERROR and row.vector is None, (kind, row.status, row.error)
-        assert row.error.startswith(f"{code}: ") and len(row.error) > len(code) + 10, (kind, row.error)
+        assert row.status == Status.ERROR and image.vector is None, (kind, row.status, row.error)
+        assert image.verdict == "error" and image.error.startswith(f"{code}: "), (kind, image.error)
+        assert row.error == f"image 1: {image.error}" and len(image.error) > len(code) + 10, (kind, row.error)
         assert row.attempts >= 1, kind
     else:
         assert row.status in (Status.INDEXED, Status.FLAGGED) and not row.error, (kind, row.status, row.error)
-        vector = np.asarray(row.vector.to_list() if hasattr(row.vector, "to_list") else row.vector)
-        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-3), kind
+        assert np.linalg.norm(vector_of(product)) == pytest.approx(1.0, abs=1e-3), kind
 
 
 def products_with(kinds: list[str], seed: int) -> dict[str, Product]:
@@ -211,4 +212,4 @@ def test_the_embed_task_reads_a_file_larger_than_max_bytes_as_an_error(encoder, 
     product = products_with(["huge-icc-profile"], seed=93)["huge-icc-profile"]
     embed_batch("catalog.product", [str(product.pk)])
     row = Embedding.objects.get(object_pk=str(product.pk))
-    assert row.status == Status.ERROR and row.error.startswith("too_large: ") and "1000" in row.error
+    assert row.status == Status.ERROR and row.error.startswith("image 1: too_large: ") and "1000" in row.error

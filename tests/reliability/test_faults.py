@@ -27,10 +27,10 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from clip_search import encoders
+from clip_search.bulk import reindex_inline
 from clip_search.indexing import register_encoder
 from clip_search.models import Embedding, EncoderModel, ReviewItem
 from clip_search.registry import registry
-from clip_search.reindex import reindex_inline
 from clip_search.tasks import enqueue, sweep
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
@@ -95,7 +95,7 @@ def assert_one_complete_row_per_product(products: list[Product]) -> None:
     assert rows.count() == len(products) == len({row.object_pk for row in rows})
     for row in rows:
         assert row.status in (Status.INDEXED, Status.FLAGGED), (row.object_pk, row.status, row.error)
-        assert row.vector is not None and row.search_document and row.keywords and not row.stale
+        assert row.images.get().vector is not None and row.search_document and row.keywords and not row.stale
         assert ReviewItem.objects.filter(embedding=row).count() == (row.status == Status.FLAGGED)
 
 
@@ -128,7 +128,7 @@ def test_products_saved_while_the_broker_is_down_are_all_embedded_after_it_comes
             wait_for(finished(len(products)), 180, f"embedding after the sweep\n{worker.log()}")
         assert worker.process.poll() is None, worker.log()  # the same worker, reconnected
         row = Embedding.objects.get(object_pk=str(broken.pk))
-        assert row.status == Status.ERROR and row.error.startswith("not_an_image: ")
+        assert row.status == Status.ERROR and row.error.startswith("image 1: not_an_image: ")
         assert_one_complete_row_per_product([p for p in products if p != broken])
     finally:
         server.stop()

@@ -18,11 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from clip_search import moderation
 from clip_search.models import Embedding, ReviewItem
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.catalog import embedded_catalog
+from tests.catalog import embedded_catalog, quarantine
 from tests.reliability.conftest import unthrottled
 from tests.test_admin import filesystem_broker, queued_tasks
 from tests.test_api import assert_error, image_search, limits, url
@@ -47,11 +46,7 @@ def customer(db):
 
 @pytest.fixture
 def review_item(catalog, db) -> ReviewItem:
-    row = Embedding.objects.filter(status=Status.INDEXED).order_by("pk").first()
-    Embedding.objects.filter(pk=row.pk).update(status=Status.FLAGGED)
-    row.refresh_from_db()
-    verdict = moderation.Verdict(scores={"weapons": 0.9}, flagged=["weapons"])
-    return moderation.open_review(row, verdict, ReviewItem.Reason.FLAGGED)[0]
+    return quarantine(Embedding.objects.filter(status=Status.INDEXED).order_by("pk").first())
 
 
 # --------------------------------------------------------------------------- staff only

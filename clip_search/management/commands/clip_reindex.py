@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from clip_search import reindex
+from clip_search import bulk
 from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderLoadError, EncoderSpec
 from clip_search.indexing import active_encoder, register_encoder
@@ -9,13 +9,17 @@ from clip_search.registry import RegistrationError, registry
 
 
 class Command(BaseCommand):
-    help = ("Embed registered products: all or --missing, inline in batches or --async on Celery "
-            "workers. Safe to kill and rerun. Exits non-zero if any product failed.")
+    help = ("Embed registered products: all, --missing, or --verify (compare every product with "
+            "its rows and redo what differs), inline in batches or --async on Celery workers. "
+            "Safe to kill and rerun. Exits non-zero if any product failed.")
 
     def add_arguments(self, parser):
         parser.add_argument("models", nargs="*", help="app_label.Model to reindex (default: all registered).")
         parser.add_argument("--missing", action="store_true",
                             help="Only products with no row, or a pending, stale or failed one.")
+        parser.add_argument("--verify", action="store_true",
+                            help="Recompute every product's sources (text, image names and sizes) and "
+                                 "redo those that differ from their rows: what no signal reported.")
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--async", dest="asynchronous", action="store_true",
                             help="Queue batches to Celery workers and follow their progress.")
@@ -40,31 +44,61 @@ class Command(BaseCommand):
         self.stdout.write(f"Encoder: {encoder} ({'active' if encoder.is_active else 'inactive'})")
         failed = 0
         for registration in registrations:
-            total = reindex.count_work(registration, encoder, missing_only=options["missing"])
-            bar = tqdm(total=total, desc=registration.label, unit="obj", file=self.stderr,
-                       dynamic_ncols=True, mininterval=0.5)
-            run = reindex.reindex_async if options["asynchronous"] else reindex.reindex_inline
-            extra = {"timeout": options["timeout"]} if options["asynchronous"] else {}
-            try:
-                summary = run(registration, encoder, missing_only=options["missing"], batch_size=batch_size,
-                              force=options["force"], progress=bar.update, **extra)
-            except (RuntimeError, TimeoutError) as error:
-                raise CommandError(str(error)) from error
-            finally:
-                bar.close()
-            counts = summary.counts
-            self.stdout.write(
-                f"{registration.label}: {total} to do — indexed {counts['indexed']}, "
-                f"skipped {counts['skipped']}, flagged {counts['flagged']}, no image {counts['no_image']}, "
-                f"failed {counts['failed']}")
+            if options["verify"]:
+                summary = self.verify(registration, encoder, batch_size, options)
+            else:
+                summary = self.reindex(registration, encoder, batch_size, options)
             for pk, reason in sorted(summary.errors.items()):
                 self.stdout.write(f"  failed {registration.label} pk={pk}: {reason}")
-            failed += counts["failed"]
+            failed += summary.counts["failed"]
         if options["activate"]:
             try:
-                reindex.activate(encoder, registrations)
+                bulk.activate(encoder, registrations)
             except ValueError as error:
                 raise CommandError(str(error)) from error
             self.stdout.write(self.style.SUCCESS(f"Encoder {encoder} is now active."))
         if failed:
             raise CommandError(f"{failed} objects failed; their rows keep the reason (status 'error').")
+
+    def reindex(self, registration, encoder, batch_size: int, options: dict):
+        total = bulk.count_work(registration, encoder, missing_only=options["missing"])
+        bar = tqdm(total=total, desc=registration.label, unit="obj", file=self.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
+        run = bulk.reindex_async if options["asynchronous"] else bulk.reindex_inline
+        extra = {"timeout": options["timeout"]} if options["asynchronous"] else {}
+        try:
+            summary = run(registration, encoder, missing_only=options["missing"], batch_size=batch_size,
+                          force=options["force"], progress=bar.update, **extra)
+        except (RuntimeError, TimeoutError) as error:
+            raise CommandError(str(error)) from error
+        finally:
+            bar.close()
+        self.stdout.write(f"{registration.label}: {total} to do — {self.outcomes(summary)}")
+        return summary
+
+    def verify(self, registration, encoder, batch_size: int, options: dict):
+        total = registration.model._default_manager.count()
+        bar = tqdm(total=total, desc=f"verify {registration.label}", unit="obj", file=self.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
+        try:
+            report = bulk.verify(registration, encoder, batch_size=batch_size,
+                                 asynchronous=options["asynchronous"], progress=bar.update,
+                                 timeout=options["timeout"])
+        except (RuntimeError, TimeoutError) as error:
+            raise CommandError(str(error)) from error
+        finally:
+            bar.close()
+        self.stdout.write(
+            f"{registration.label}: verified {report.checked}, {report.drifted} differed from the index "
+            f"({report.hidden} with an unscored image, hidden until scored), {report.orphans} rows of "
+            f"deleted objects removed — {self.outcomes(report.summary)}")
+        return report.summary
+
+    @staticmethod
+    def outcomes(summary) -> str:
+        counts = summary.counts
+        text = (f"indexed {counts['indexed']}, skipped {counts['skipped']}, flagged {counts['flagged']}, "
+                f"no image {counts['no_image']}, failed {counts['failed']}")
+        if counts["superseded"]:
+            text += f", superseded by a newer change {counts['superseded']}"
+        return text
