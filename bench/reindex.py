@@ -1,6 +1,7 @@
 """Reindex throughput: ``clip_reindex`` inline and ``--async`` on 2 workers vs model-only vs naive.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python bench/reindex.py [--products 256] [--model demo|vit-b-32]
+    cd /work/main && PYTHONPATH=. .venv/bin/python bench/reindex.py [--products 256] [--images 1]
+        [--model demo|vit-b-32]
 
 Same images, same run, in a throwaway test database on the embedded PostgreSQL:
 - naive: one product at a time — Pillow decode, stock ``preprocess``, ``encode_image`` of a
@@ -10,7 +11,9 @@ Same images, same run, in a throwaway test database on the embedded PostgreSQL:
   moderation → one upsert per product, batch 32;
 - ``clip_reindex --async --force`` with 2 Celery worker processes (1 torch thread each) on the
   Redis at 127.0.0.1:6379, or skipped when there is none.
-Images: photo-like JPEGs, 1000–2000 px (``_util.product_jpegs``), as shops upload them.
+Images: photo-like JPEGs, 1000–2000 px (``_util.product_jpegs``), as shops upload them;
+``--images N`` gives each product N of them (its main picture and N - 1 gallery rows, the
+shape of Oscar's ``ProductImage``). Rates are images per second, then products per second.
 ``--model vit-b-32`` uses the real ViT-B-32 architecture with random weights (speed does not
 depend on the values); ``demo`` the project's small trained model.
 """
@@ -43,6 +46,7 @@ def configure(model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1, help="images per product (1 main + gallery rows)")
     parser.add_argument("--model", choices=["demo", "vit-b-32"], default="demo")
     args = parser.parse_args()
     configure(args.model)
@@ -72,46 +76,59 @@ def run(args: argparse.Namespace, media: Path) -> None:
     from PIL import Image
 
     from clip_search.indexing import pipeline_for, register_encoder
-    from clip_search.models import Embedding
+    from clip_search.models import Embedding, ImageEmbedding
     from clip_search.registry import registry
     from clip_search.signals import disconnect_registration
     from shop_demo.catalog.generator import generate_catalog
     from shop_demo.catalog.loading import create_product
-    from shop_demo.catalog.models import Product
+    from shop_demo.catalog.models import Product, ProductImage
 
-    print(f"# reindex throughput, {args.products} products, model {args.model}; {_util.machine()}")
+    print(f"# reindex throughput, {args.products} products × {args.images} images, model {args.model}; "
+          f"{_util.machine()}")
     if args.model == "demo" and "CLIP_SEARCH_MODEL" not in os.environ:
         from clip_search.training import train
         from shop_demo.catalog.training import demo_training_args
 
         train(demo_training_args(), log=lambda line: None)  # cached after the first time
-    blobs = _util.product_jpegs(args.products, seed=5)
+    per = args.images
+    blobs = _util.product_jpegs(args.products * per, seed=5)
     registration = registry.get(Product)
     disconnect_registration(registration)  # an import: no signals, reindex does the work
     products = []
-    for spec, blob in zip(generate_catalog(args.products, seed=5), blobs, strict=True):
+    for i, spec in enumerate(generate_catalog(args.products, seed=5)):
         product = create_product(spec, image=b"")
-        product.image.save(f"{spec.sku}.jpg", ContentFile(blob), save=True)
+        product.image.save(f"{spec.sku}.jpg", ContentFile(blobs[i * per]), save=True)
+        for order in range(1, per):
+            gallery = ProductImage(product=product, display_order=order)
+            gallery.image.save(f"{spec.sku}-{order}.jpg", ContentFile(blobs[i * per + order]), save=True)
         products.append(product)
+    count = len(blobs)
     encoder = register_encoder()
     pipeline = pipeline_for(encoder)
     clip = pipeline.images.clip
-    print(f"catalog: {len(products)} JPEGs, {sum(map(len, blobs)) / len(blobs) / 1024:.0f} kB avg; "
+    size = sum(map(len, blobs)) / count / 1024
+    print(f"catalog: {len(products)} products, {count} JPEGs, {size:.0f} kB avg; "
           f"image encoder backend={pipeline.images.backend} quantized={pipeline.images.quantized}")
 
     figures: dict[str, float] = {}
 
-    # Naive: one at a time, stock preprocessing, one write each.
+    # Naive: one image at a time, stock preprocessing, one write each.
     started = time.perf_counter()
     with torch.inference_mode():
         for product in products:
-            image = Image.open(io.BytesIO(product.image.open("rb").read())).convert("RGB")
-            vector = clip.model.encode_image(clip.preprocess(image).unsqueeze(0))
-            vector = torch.nn.functional.normalize(vector, dim=-1)[0].numpy()
-            Embedding.objects.update_or_create(
+            row, _ = Embedding.objects.update_or_create(
                 content_type_id=_content_type(Product), object_pk=str(product.pk), encoder=encoder,
-                defaults={"vector": vector.tolist(), "status": Embedding.Status.INDEXED})
-    figures["naive loop (1 at a time)"] = len(products) / (time.perf_counter() - started)
+                defaults={"status": Embedding.Status.INDEXED})
+            for position, source in enumerate(registration.source_images(product)):
+                image = Image.open(io.BytesIO(source.read())).convert("RGB")
+                vector = clip.model.encode_image(clip.preprocess(image).unsqueeze(0))
+                vector = torch.nn.functional.normalize(vector, dim=-1)[0].numpy()
+                ImageEmbedding.objects.update_or_create(embedding=row, position=position, defaults={
+                    "vector": vector.tolist(), "verdict": "passed", "name": source.identity,
+                    "encoder": encoder,
+                    "content_type_id": row.content_type_id, "object_pk": row.object_pk,
+                    "product_status": row.status})
+    figures["naive loop (1 at a time)"] = count / (time.perf_counter() - started)
     Embedding.objects.all().delete()
 
     # Model only: preprocessed tensors, batch 32, the same encoder the pipeline uses.
@@ -120,22 +137,29 @@ def run(args: argparse.Namespace, media: Path) -> None:
     started = time.perf_counter()
     for start in range(0, len(tensors), images.batch_size):
         images.encode_tensor(torch.cat(tensors[start:start + images.batch_size]))
-    figures["model only (batch 32)"] = len(products) / (time.perf_counter() - started)
+    figures["model only (batch 32)"] = count / (time.perf_counter() - started)
 
     started = time.perf_counter()
     call_command("clip_reindex", "--force", stdout=io.StringIO(), stderr=io.StringIO())
-    figures["clip_reindex inline"] = len(products) / (time.perf_counter() - started)
+    figures["clip_reindex inline"] = count / (time.perf_counter() - started)
     assert Embedding.objects.filter(status__in=["indexed", "flagged"]).count() == len(products)
+    assert ImageEmbedding.objects.exclude(vector=None).count() == count
+
+    started = time.perf_counter()
+    call_command("clip_reindex", "--verify", stdout=io.StringIO(), stderr=io.StringIO())
+    verify = count / (time.perf_counter() - started)
 
     asynchronous = _async_with_two_workers(products, media)
     if asynchronous:
-        figures["clip_reindex --async, 2 workers"] = asynchronous
+        figures["clip_reindex --async, 2 workers"] = count * asynchronous / len(products)
 
     base = figures["naive loop (1 at a time)"]
     model = figures["model only (batch 32)"]
-    print("\n| path | products/s | × naive | % of model-only |\n|---|---:|---:|---:|")
+    print("\n| path | images/s | products/s | × naive | % of model-only |\n|---|---:|---:|---:|---:|")
     for name, rate in figures.items():
-        print(f"| {name} | {rate:.2f} | {rate / base:.2f} | {100 * rate / model:.0f} % |")
+        print(f"| {name} | {rate:.2f} | {rate / per:.2f} | {rate / base:.2f} | {100 * rate / model:.0f} % |")
+    print(f"\n`clip_reindex --verify` over the indexed catalog (nothing differs): {verify:.0f} images/s, "
+          f"{verify / per:.0f} products/s")
 
 
 def _content_type(model) -> int:

@@ -127,6 +127,8 @@ def main() -> None:
                         help="the embedded server's shared_buffers for the run, restored after it "
                              "('' keeps the server's setting)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--images", type=int, default=1,
+                        help="image vectors per product (the vector leg collapses them to one hit each)")
     parser.add_argument("--raw-centres", action="store_true",
                         help="keep the random-weight centres' narrow spread (near-tied neighbours)")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each scope")
@@ -187,7 +189,8 @@ def run(args: argparse.Namespace) -> None:
         drop_vector_index(encoder)
         torch_encoder, onnx_encoder = text_encoders(encoder)
         progress(f"loading {args.products} products")
-        load_catalog(args.products, args.seed, encoder, torch_encoder, args.raw_centres)
+        load_catalog(args.products, args.seed, encoder, torch_encoder, args.raw_centres, args.images)
+        encoder.refresh_from_db()
         progress("building the HNSW index")
         build_index(encoder, args.maintenance_work_mem)
     print(f"\nPostgreSQL cache: {prewarm()}")
@@ -285,7 +288,8 @@ def cluster_vectors(centres, centre_ids, noise, rng):
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = False) -> None:
+def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = False,
+                 images: int = 1) -> None:
     import numpy as np
     from django.contrib.contenttypes.models import ContentType
     from pgvector.psycopg import register_vector
@@ -322,15 +326,16 @@ def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = F
             timings["COPY products"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            cursor.execute("CREATE TEMP TABLE bench_vectors (product_id bigint, vector vector) "
+            cursor.execute("CREATE TEMP TABLE bench_vectors (product_id bigint, position int, vector vector) "
                            "ON COMMIT DROP")
             rng = np.random.default_rng(seed + 1)
             with cursor.copy("COPY bench_vectors FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "vector"])
+                copy.set_types(["int8", "int4", "vector"])
                 for start in range(0, n, 10_000):
-                    chunk = cluster_vectors(centres, centre_ids[start:start + 10_000], noise, rng)
-                    for offset, vector in enumerate(chunk):
-                        copy.write_row((start + offset + 1, vector))
+                    for position in range(images):  # another photo of the same product: its own noise
+                        chunk = cluster_vectors(centres, centre_ids[start:start + 10_000], noise, rng)
+                        for offset, vector in enumerate(chunk):
+                            copy.write_row((start + offset + 1, position, vector))
             timings["COPY vectors (binary, staging table)"] = time.perf_counter() - started
 
             started = time.perf_counter()
@@ -338,11 +343,17 @@ def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = F
                 "content_type": ContentType.objects.get_for_model(Product, for_concrete_model=False).pk,
                 "encoder": encoder.pk, "config": clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]})
             timings["INSERT embeddings: documents, keywords (+ GIN, btree)"] = time.perf_counter() - started
+            started = time.perf_counter()
+            cursor.execute(IMAGE_INSERT, {"encoder": encoder.pk})
+            cursor.execute("UPDATE clip_search_encodermodel SET max_images = %s WHERE id = %s",
+                           [images, encoder.pk])
+            timings[f"INSERT image rows ({images} per product)"] = time.perf_counter() - started
         raw.commit()
         started = time.perf_counter()
         raw.autocommit = True
         raw.execute("VACUUM ANALYZE catalog_product")
         raw.execute("VACUUM ANALYZE clip_search_embedding")
+        raw.execute("VACUUM ANALYZE clip_search_imageembedding")
         timings["VACUUM ANALYZE"] = time.perf_counter() - started
     check_documents(encoder)
     print(f"\n## Load: {n} products\n\n| step | s |\n|---|---:|")
@@ -353,25 +364,35 @@ def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = F
 
 # The stored document and keywords, as indexing.document_fields builds them for the demo's
 # registration: text=["title", "description", "category__name"] (weights A, B, C),
-# keywords=["sku", "brand__name"]; source_digest over (image name, texts, keyword text).
+# keywords=["sku", "brand__name"]; source_digest over (texts, keyword text): no image file.
 EMBEDDING_INSERT = """
 INSERT INTO clip_search_embedding (
-    content_type_id, object_pk, encoder_id, vector, image_sha256, image_name, status,
-    moderation_scores, error, attempts, stale, search_document, keywords, keyword_tokens,
-    source_digest, created_at, updated_at, embedded_at)
-SELECT %(content_type)s, p.id::text, %(encoder)s, s.vector, encode(sha256(p.sku::bytea), 'hex'), '',
-       'indexed', '{}', '', 0, false,
+    content_type_id, object_pk, object_id, encoder_id, status, error, attempts, stale, reembed,
+    search_document, keywords, keyword_tokens, source_digest, created_at, updated_at, embedded_at)
+SELECT %(content_type)s, p.id::text, p.id, %(encoder)s, 'indexed', '', 0, false, false,
        setweight(to_tsvector(%(config)s::regconfig, p.title), 'A')
          || setweight(to_tsvector(%(config)s::regconfig, p.description), 'B')
          || setweight(to_tsvector(%(config)s::regconfig, c.name), 'C'),
        lower(p.sku || ' ' || b.name), ARRAY[lower(p.sku), lower(b.name)]::varchar[],
-       encode(sha256(convert_to(concat_ws(E'\\x1f', '', p.title, p.description, c.name,
+       encode(sha256(convert_to(concat_ws(E'\\x1f', p.title, p.description, c.name,
                                           p.sku || ' ' || b.name), 'UTF8')), 'hex'),
        now(), now(), now()
-FROM bench_vectors s
-JOIN catalog_product p ON p.id = s.product_id
+FROM catalog_product p
 JOIN catalog_brand b ON b.id = p.brand_id
 JOIN catalog_category c ON c.id = p.category_id
+"""
+
+# One image row per staged vector (``--images`` per product), as indexing.write stores them.
+IMAGE_INSERT = """
+INSERT INTO clip_search_imageembedding (
+    embedding_id, position, name, size, sha256, vector, verdict, moderation_scores, error,
+    encoder_id, content_type_id, object_pk, object_id, product_status, embedded_at)
+SELECT e.id, s.position, 'bench/' || e.object_pk || '-' || s.position || '.jpg', 0,
+       encode(sha256(convert_to(e.object_pk || '-' || s.position, 'UTF8')), 'hex'), s.vector,
+       'passed', '{}', '', e.encoder_id, e.content_type_id, e.object_pk, e.object_id, 'indexed', now()
+FROM bench_vectors s
+JOIN clip_search_embedding e ON e.object_id = s.product_id AND e.encoder_id = %(encoder)s
+ORDER BY s.product_id, s.position
 """
 
 
@@ -390,7 +411,7 @@ def check_documents(encoder, sample: int = 20) -> None:
                .annotate(expected_document=expected["search_document"]).get())
         assert row.search_document == row.expected_document, (row.search_document, row.expected_document)
         assert (row.keywords, row.keyword_tokens, row.source_digest) == (
-            expected["keywords"], expected["keyword_tokens"], expected["source_digest"]), product.pk
+            expected["keywords"], expected["keyword_tokens"], registration.source_digest(product)), product.pk
 
 
 @dataclass
@@ -454,10 +475,13 @@ class Catalog:
         with raw_connection() as raw:
             register_vector(raw)
             with raw.cursor(binary=True) as cursor:
-                cursor.execute("SELECT e.object_pk::bigint, p.brand_id, p.category_id, p.is_public, e.vector "
-                               "FROM clip_search_embedding e "
-                               "JOIN catalog_product p ON p.id = e.object_pk::bigint "
-                               "WHERE e.encoder_id = %s AND e.status = 'indexed' ORDER BY 1", [encoder.pk])
+                # The first image of each product: the one ``like`` starts from and the only one
+                # with --images 1 (exact scans over several images per product: min per product).
+                cursor.execute("SELECT i.object_id, p.brand_id, p.category_id, p.is_public, i.vector "
+                               "FROM clip_search_imageembedding i "
+                               "JOIN catalog_product p ON p.id = i.object_id "
+                               "WHERE i.encoder_id = %s AND i.product_status = 'indexed' AND i.position = 0 "
+                               "ORDER BY 1", [encoder.pk])
                 rows = cursor.fetchall()
         self.arrays = {
             "id": np.array([r[0] for r in rows]), "brand": np.array([r[1] for r in rows]),
@@ -558,12 +582,16 @@ def prewarm() -> str:
         cursor.execute("""
             SELECT count(*), coalesce(sum(pg_prewarm(c.oid)), 0) FROM pg_class c
             WHERE c.relkind IN ('r', 't', 'i') AND (
-                c.relname IN ('clip_search_embedding', 'catalog_product', 'catalog_brand', 'catalog_category')
+                c.relname IN ('clip_search_embedding', 'clip_search_imageembedding', 'catalog_product',
+                              'catalog_brand', 'catalog_category')
                 OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (
-                    'clip_search_embedding'::regclass, 'catalog_product'::regclass))
-                OR c.oid = (SELECT reltoastrelid FROM pg_class WHERE relname = 'clip_search_embedding')
-                OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid =
-                    (SELECT reltoastrelid FROM pg_class WHERE relname = 'clip_search_embedding')))""")
+                    'clip_search_embedding'::regclass, 'clip_search_imageembedding'::regclass,
+                    'catalog_product'::regclass))
+                OR c.oid IN (SELECT reltoastrelid FROM pg_class
+                             WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))
+                OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN
+                    (SELECT reltoastrelid FROM pg_class
+                     WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))))""")
         relations, blocks = cursor.fetchone()
     return (f"prewarmed {relations} relations, {blocks * 8 / 1024:.0f} MB, "
             f"in {time.perf_counter() - started:.1f} s")
@@ -606,7 +634,7 @@ def build_index(encoder, maintenance_work_mem: str) -> None:
 
     from clip_search import sql
     from clip_search.conf import clip_settings
-    from clip_search.models import Embedding
+    from clip_search.models import Embedding, ImageEmbedding
 
     with connection.cursor() as cursor:
         if maintenance_work_mem:
@@ -619,13 +647,15 @@ def build_index(encoder, maintenance_work_mem: str) -> None:
         assert sql.ensure_vector_index(encoder.pk, encoder.dimension)
         elapsed = time.perf_counter() - started
         cursor.execute("RESET maintenance_work_mem")
-        names = [sql.vector_index_name(encoder.pk)] + [index.name for index in Embedding._meta.indexes] + [
+        names = [sql.vector_index_name(encoder.pk)] + [
+            index.name for model in (Embedding, ImageEmbedding) for index in model._meta.indexes] + [
             constraint.name for constraint in Embedding._meta.constraints]
         cursor.execute("SELECT relname, am.amname, pg_relation_size(c.oid) FROM pg_class c "
                        "JOIN pg_am am ON am.oid = c.relam WHERE relname = ANY(%s)", [names])
         sizes = {name: (method, size) for name, method, size in cursor.fetchall()}
         cursor.execute("SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid), "
-                       "pg_total_relation_size(oid) FROM pg_class WHERE relname = 'clip_search_embedding'")
+                       "pg_total_relation_size(oid) FROM pg_class "
+                       "WHERE relname = 'clip_search_imageembedding'")
         heap, toast, total = cursor.fetchone()
     hnsw = clip_settings.HNSW
     print(f"\n## Vector index: HNSW m={hnsw['M']} ef_construction={hnsw['EF_CONSTRUCTION']}, "
@@ -635,9 +665,9 @@ def build_index(encoder, maintenance_work_mem: str) -> None:
     for name in names:
         method, size = sizes[name]
         print(f"| {name} | {method} | {size / 2**20:.1f} |")
-    print(f"| clip_search_embedding heap | table | {heap / 2**20:.1f} |")
-    print(f"| clip_search_embedding TOAST (vectors are > 2 kB) | toast | {toast / 2**20:.1f} |")
-    print(f"| clip_search_embedding total | | {total / 2**20:.1f} |")
+    print(f"| clip_search_imageembedding heap | table | {heap / 2**20:.1f} |")
+    print(f"| clip_search_imageembedding TOAST (vectors are > 2 kB) | toast | {toast / 2**20:.1f} |")
+    print(f"| clip_search_imageembedding total | | {total / 2**20:.1f} |")
 
 
 # --------------------------------------------------------------------------- text encoders
@@ -718,14 +748,24 @@ def timed_search(queryset, query: str, weights: dict | None = None, limit: int |
     return elapsed, page
 
 
+@contextmanager
+def text_keys(on: bool):
+    """The scope as it was before ``object_id``: ``object_pk`` cast to the pk's type."""
+    if not on:
+        yield
+        return
+    with mock.patch("clip_search.search.object_id", return_value=None):
+        yield
+
+
 def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder) -> dict:
     """{(scope, variant): [seconds]}: every variant of a scope on each query in turn, rotated."""
     import torch
     from django.db import connection
 
-    def search_variant(scope, weights, encoder, threads=None, depth=None):
+    def search_variant(scope, weights, encoder, threads=None, depth=None, text_key=False):
         def run(query: str) -> float:
-            with query_encoder(encoder, threads):
+            with query_encoder(encoder, threads), text_keys(text_key):
                 return timed_search(scope.queryset(), query, weights, depth=depth)[0]
         return run
 
@@ -756,6 +796,9 @@ def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder) -> di
             "vector leg alone": search_variant(scope, LEGS_ALONE["vector"], vectors),
             "vector leg alone, depth 100": search_variant(scope, LEGS_ALONE["vector"], vectors,
                                                           depth=SHALLOW),
+            # Before the typed key: the filter compared object_pk cast to the pk's type.
+            "vector leg alone, text key (before)": search_variant(scope, LEGS_ALONE["vector"], vectors,
+                                                                  text_key=True),
             "full-text leg alone": search_variant(scope, LEGS_ALONE["full-text"], vectors),
             "keyword leg alone": search_variant(scope, LEGS_ALONE["keyword"], vectors),
             "fused, vector precomputed": search_variant(scope, None, vectors),

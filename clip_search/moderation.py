@@ -130,7 +130,7 @@ def _decide(item, decision: str, user, note: str, signal: Signal):
     def decide():
         embedding_id = ReviewItem.objects.values_list("embedding_id", flat=True).get(pk=item.pk)
         embedding = rows.lock(embedding_id)
-        locked = ReviewItem.objects.select_for_update().select_related("image").get(pk=item.pk)
+        locked = ReviewItem.objects.select_for_update(of=("self",)).select_related("image").get(pk=item.pk)
         if locked.status != ReviewItem.Status.OPEN:
             raise AlreadyDecided(f"Review item {locked.pk} is already {locked.status}.")
         image = locked.image

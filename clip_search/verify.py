@@ -143,9 +143,8 @@ def delete_orphans(registration: Registration) -> int:
     model = registration.model
     content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
     existing = model._default_manager.annotate(clip_key=Cast("pk", CharField())).values("clip_key")
-    deleted, _ = (Embedding.objects.filter(content_type=content_type)
-                  .exclude(object_pk__in=existing).delete())
-    return deleted
+    _, deleted = Embedding.objects.filter(content_type=content_type).exclude(object_pk__in=existing).delete()
+    return deleted.get(Embedding._meta.label, 0)
 
 
 def resume_point(registration: Registration, encoder: EncoderModel) -> tuple[VerifyCursor, Any]:

@@ -143,3 +143,27 @@ def producer(broker_url: str) -> Iterator[None]:
     finally:
         reset_pools()
         app.conf.broker_url, app.conf.broker_transport_options = previous
+
+
+class Published:
+    """The embed tasks published to one queue of a real Redis that no worker consumes: how many
+    and for which objects, in publish order (kombu's Redis transport: a list of JSON messages,
+    newest first, each body base64 JSON ``[args, kwargs, embed]``)."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        import redis
+
+        self.client, self.queue = redis.Redis.from_url(url), queue
+
+    def count(self) -> int:
+        return self.client.llen(self.queue)
+
+    def pks(self) -> list[str]:
+        import base64
+        import json
+
+        messages = [json.loads(m) for m in reversed(self.client.lrange(self.queue, 0, -1))]
+        return [pk for m in messages for pk in json.loads(base64.b64decode(m["body"]))[0][1]]
+
+    def clear(self) -> None:
+        self.client.delete(self.queue)

@@ -38,6 +38,62 @@ def pictures(demo_clip):
     return Pictures(demo_clip)
 
 
+# --------------------------------------------------------------------------- real brokers and workers
+
+
+@pytest.fixture
+def media(tmp_path, settings, demo_model_dir):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def queue(settings):
+    from tests.broker import unique_queue
+
+    name = unique_queue()
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "QUEUE": name}
+    return name
+
+
+@pytest.fixture
+def redis_url():
+    from tests.broker import SHARED_REDIS, port_open
+
+    require(port_open(*SHARED_REDIS), "no Redis on 127.0.0.1:6379")
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def published(redis_url, media, queue):
+    """This test's saves publish to its own queue on the shared Redis, which nothing consumes:
+    ``published.count()`` / ``.pks()`` say what was queued (tests/broker.Published)."""
+    from tests.broker import Published, producer
+
+    probe = Published(redis_url, queue)
+    with producer(redis_url):
+        yield probe
+    probe.clear()
+
+
+@pytest.fixture
+def start_worker(tmp_path, media, queue):
+    """Start real ``celery worker`` processes on this test's queue; stopped afterwards."""
+    from tests.broker import Worker
+
+    workers = []
+
+    def start(broker_url: str, **extra: str) -> Worker:
+        worker = Worker(tmp_path / f"worker{len(workers)}.log", broker_url=broker_url, queue=queue,
+                        media_root=media, **extra)
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -17,13 +17,9 @@ from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.broker import (
     ROOT,
-    SHARED_REDIS,
     RedisServer,
-    Worker,
-    port_open,
     process_env,
     producer,
-    unique_queue,
     wait_for,
 )
 from tests.catalog import create_product, imported, vector_of
@@ -33,40 +29,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 Status = Embedding.Status
 DONE = [Status.INDEXED, Status.FLAGGED, Status.ERROR, Status.NO_IMAGE]
-
-
-@pytest.fixture
-def media(tmp_path, settings, demo_model_dir):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
-@pytest.fixture
-def queue(settings):
-    name = unique_queue()
-    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "QUEUE": name}
-    return name
-
-
-@pytest.fixture
-def redis_url():
-    require(port_open(*SHARED_REDIS), "no Redis on 127.0.0.1:6379")
-    return "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def start_worker(tmp_path, media, queue):
-    workers = []
-
-    def start(broker_url: str, **extra: str) -> Worker:
-        worker = Worker(tmp_path / f"worker{len(workers)}.log", broker_url=broker_url, queue=queue,
-                        media_root=media, **extra)
-        workers.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def finished(count: int):

@@ -3,12 +3,11 @@ shaped like Oscar's): a vector per image, search through any of them, moderation
 quarantine of the whole product, and saves of the related rows noticed by their watchers.
 
 The pipeline runs inline here (tests/test_catalog_worker.py runs it in real workers); what a
-save enqueues is counted on this test's own queue on the real Redis.
+save enqueues is read from this test's own queue on the real Redis (the ``published`` fixture).
 """
 
 import numpy as np
 import pytest
-import redis
 from django.core.files.base import ContentFile
 
 from clip_search import moderation
@@ -19,36 +18,12 @@ from clip_search.registry import registry
 from clip_search.search import search
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Brand, Product, ProductImage
-from tests.broker import SHARED_REDIS, port_open, producer, unique_queue
 from tests.catalog import add_image, create_product, vector_of
-from tests.conftest import require
 
 pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 Status = Embedding.Status
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def queued(settings, tmp_path, demo_model_dir):
-    """The pks queued so far on this test's own queue of the shared Redis, in order."""
-    require(port_open(*SHARED_REDIS), "no Redis on 127.0.0.1:6379")
-    settings.MEDIA_ROOT = tmp_path / "media"
-    name = unique_queue()
-    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "QUEUE": name}
-    client = redis.Redis.from_url(REDIS_URL)
-
-    def pks() -> list[str]:
-        import base64
-        import json
-
-        messages = [json.loads(m) for m in client.lrange(name, 0, -1)]
-        return [pk for m in reversed(messages) for pk in json.loads(base64.b64decode(m["body"]))[0][1]]
-
-    with producer(REDIS_URL):
-        register_encoder()
-        yield pks
-    client.delete(name)
 
 
 def embed(*products, force=False):
@@ -70,7 +45,7 @@ def found(results) -> list[int]:
 
 
 def test_every_image_has_its_vector_and_image_search_finds_the_product_through_any(
-        queued, pictures, demo_clip):
+        published, pictures, demo_clip):
     products = [product_with(pictures.safe[3 * i:3 * i + 3], seed=i) for i in range(2)]
     embed(*products)
     expected = ImageEncoder(demo_clip).encode_bytes(pictures.safe[:6])
@@ -95,7 +70,7 @@ def test_every_image_has_its_vector_and_image_search_finds_the_product_through_a
     assert distance == pytest.approx(nearest, abs=1e-4)
 
 
-def test_a_flagged_second_image_quarantines_the_product_until_staff_approve(queued, pictures):
+def test_a_flagged_second_image_quarantines_the_product_until_staff_approve(published, pictures):
     product = product_with([pictures.safe[0], pictures.knife[0]])
     assert embed(product).counts["flagged"] == 1
     row = product.clip_embedding
@@ -115,7 +90,7 @@ def test_a_flagged_second_image_quarantines_the_product_until_staff_approve(queu
     assert not ReviewItem.objects.filter(status=ReviewItem.Status.OPEN).exists()
 
 
-def test_a_change_to_one_image_re_embeds_only_that_image(queued, pictures):
+def test_a_change_to_one_image_re_embeds_only_that_image(published, pictures):
     product = product_with(pictures.safe[:3])
     embed(product)
     before = {i.position: (i.pk, i.embedded_at, i.sha256) for i in product.clip_embedding.images.all()}
@@ -131,29 +106,30 @@ def test_a_change_to_one_image_re_embeds_only_that_image(queued, pictures):
     embed(product)
     assert {i.position: i.pk for i in product.clip_embedding.images.all()} == {0: after[0][0], 1: after[1][0]}
 
-    ProductImage.objects.filter(pk=second.pk).update(display_order=-1)  # reorder: first in the gallery
-    add_image(product, pictures.safe[4], order=5, name="added.png")  # add one
+    ProductImage.objects.filter(pk=second.pk).update(display_order=9)  # reorder: last in the gallery
+    add_image(product, pictures.safe[4], order=5, name="added.png")  # add one, before it
     summary = embed(product)
     images = list(product.clip_embedding.images.order_by("position"))
-    assert [i.pk for i in images[:2]] == [after[0][0], after[1][0]] and images[2].pk not in before
-    assert images[0].embedded_at == before[0][1] and summary.counts["indexed"] == 1
+    assert [images[0].pk, images[2].pk] == [after[0][0], after[1][0]]  # moved, not re-embedded
+    assert images[1].pk not in {pk for pk, _, _ in [*before.values(), *after.values()]}
+    assert images[2].embedded_at == after[1][1] and summary.counts["indexed"] == 1
     assert embed(product).counts["skipped"] == 1  # nothing changed since
 
 
-def test_saves_of_gallery_rows_enqueue_their_product_and_hide_a_new_image(queued, pictures):
+def test_saves_of_gallery_rows_enqueue_their_product_and_hide_a_new_image(published, pictures):
     product = product_with(pictures.safe[:2])
-    assert queued() == [str(product.pk)] * 2  # the product's save, then its gallery row's
+    assert published.pks() == [str(product.pk)] * 2  # the product's save, then its gallery row's
     embed(product)
     gallery = product.gallery.get()
 
     gallery.caption = "seen from the side"
     gallery.save()  # nothing clip_search reads changed
     gallery.save(update_fields=["caption"])
-    assert len(queued()) == 2
+    assert len(published.pks()) == 2
     assert product.clip_embedding.status == Status.INDEXED
 
     gallery.image.save("other.png", ContentFile(pictures.knife[0]), save=True)  # a new picture
-    assert len(queued()) == 3 and queued()[-1] == str(product.pk)
+    assert len(published.pks()) == 3 and published.pks()[-1] == str(product.pk)
     # Hidden in the same transaction as the save: never searchable with an unscored image.
     assert product.clip_embedding.status == Status.PENDING
     assert set(ImageEmbedding.objects.filter(object_pk=str(product.pk)).values_list(
@@ -163,7 +139,7 @@ def test_saves_of_gallery_rows_enqueue_their_product_and_hide_a_new_image(queued
     assert product.clip_embedding.status == Status.FLAGGED
 
     gallery.delete()  # a removed picture: re-embedded, not hidden (what is left was scored)
-    assert len(queued()) == 4
+    assert len(published.pks()) == 4
     assert product.clip_embedding.status == Status.FLAGGED
     embed(product)
     assert product.clip_embedding.status == Status.INDEXED
@@ -171,13 +147,13 @@ def test_saves_of_gallery_rows_enqueue_their_product_and_hide_a_new_image(queued
 
     product.brand.name = "Renamed Brand"  # text from a related row: its products are queued
     product.brand.save()
-    assert queued()[-1] == str(product.pk)
+    assert published.pks()[-1] == str(product.pk)
     embed(product)
     assert "renamed brand" in product.clip_embedding.keywords
     assert Brand.objects.count() == 1
 
 
-def test_images_past_max_images_are_moderated_but_not_searched(queued, pictures, settings):
+def test_images_past_max_images_are_moderated_but_not_searched(published, pictures, settings):
     settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "MAX_IMAGES": 1}
     product = product_with([pictures.safe[0], pictures.knife[1]])
     embed(product)

@@ -4,7 +4,8 @@ from django.core.files.base import ContentFile
 
 import clip_search
 from clip_search.registry import RegistrationError, Registry
-from shop_demo.catalog.models import Brand, Category, Product
+from shop_demo.catalog.models import Brand, Category, Product, ProductImage
+from tests.catalog import add_image
 
 
 def test_demo_product_is_registered_with_its_fields():
@@ -12,17 +13,30 @@ def test_demo_product_is_registered_with_its_fields():
     assert registration.text == ("title", "description", "category__name")
     assert registration.keywords == ("sku", "brand__name")
     assert registration.related_paths() == ["brand", "category"]
+    assert registration.prefetch_paths() == ["gallery"]
+    watchers = {w.model: w for w in registration.watchers()}
+    assert set(watchers) == {ProductImage, Brand, Category}
+    assert watchers[ProductImage].images and watchers[ProductImage].fields == {"image"}
+    assert not watchers[Brand].images and watchers[Brand].fields == {"name"}
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"image": "picture"}, "'picture' does not exist"),
-        ({"image": "title"}, "must be an ImageField/FileField"),
+        ({"image": "title"}, "must end at an ImageField/FileField"),
         ({"image": "image", "text": ["title", "colour"]}, "'colour' does not exist"),
         ({"image": "image", "keywords": ["brand__slug"]}, "'slug' is not a field of catalog.Brand"),
         ({"image": "image", "keywords": ["price__name"]}, "not a foreign key"),
         ({"image": "image", "text": ["title"] * 5}, "at most 4 text fields"),
+        ({"image": "image", "images": ["image"]}, "not both"),
+        ({"images": ["image", "gallery__caption"]}, "'gallery__caption' must end at an ImageField"),
+        ({"image": "gallery__image"}, "only images= may follow one"),
+        ({"images": "image", "related": {"catalog.Brand": "nope"}}, "'nope' is not a field of catalog.Brand"),
+        ({"images": "image", "related": {"catalog.Brand": "name"}}, "must follow relations"),
+        ({"images": "image", "related": {"catalog.ProductImage": "product__brand"}},
+         "leads to catalog.Brand"),
+        ({"images": "image", "related": {"catalog.Nope": "product"}}, "related="),
     ],
 )
 def test_unknown_fields_raise_naming_the_field(options, message):
@@ -86,3 +100,37 @@ def test_embedding_is_reachable_from_the_product():
     category = Category.objects.create(name="C", slug="c")
     product = Product.objects.create(title="t", sku="S1", brand=brand, category=category, price=1)
     assert product.clip_embedding is None
+
+
+@pytest.mark.django_db
+def test_images_come_in_display_order_and_the_digest_follows_them(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    brand = Brand.objects.create(name="Nordvik")
+    category = Category.objects.create(name="Mugs", slug="mugs")
+    product = Product.objects.create(title="Red mug", sku="NRD-1", brand=brand, category=category, price=1)
+    registration = clip_search.registry.get(Product)
+    empty = registration.source_digest(product)
+    later = add_image(product, b"second", order=2, name="b.png")
+    add_image(product, b"first", order=1, name="a.png")
+    product = registration.fetch([product.pk])[0]
+    images = registration.source_images(product)
+    assert [image.read() for image in images] == [b"first", b"second"]
+    assert [image.size() for image in images] == [5, 6] and images[0].url.endswith("a.png")
+    digest = registration.source_digest(product, images)
+    assert digest != empty
+    ProductImage.objects.filter(pk=later.pk).update(display_order=0)
+    assert registration.source_digest(registration.fetch([product.pk])[0]) != digest  # the order counts
+
+
+def test_related_callables_and_paths_map_a_row_to_the_products_it_feeds():
+    registry = Registry()
+    registration = registry.register(Category, images=lambda obj: [b"x"], text=["name"],
+                                     related={Product: "category", "catalog.Brand": lambda b: [7, None, 7]})
+    try:
+        watchers = {w.model: w for w in registration.watchers()}
+        assert watchers[Brand].affected(Brand(pk=1, name="x")) == [7]
+        assert watchers[Product].affected(Product(category=Category(pk=3, name="c"))) == [3]
+        assert all(w.images for w in watchers.values())  # a callable's images come from anywhere
+        assert registration.source_images(Category(name="c"))[0].identity.startswith("sha256:")
+    finally:
+        registry.unregister(Category)

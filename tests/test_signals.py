@@ -1,7 +1,6 @@
 """What a save enqueues (counted on a real Redis queue) and what it hides until scored."""
 
 import pytest
-import redis
 from django.core.files.base import ContentFile
 
 from clip_search.indexing import embed_objects, iter_objects, register_encoder
@@ -10,9 +9,8 @@ from clip_search.registry import registry
 from clip_search.search import search
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.broker import SHARED_REDIS, port_open, producer, unique_queue
+from tests.broker import producer
 from tests.catalog import create_product
-from tests.conftest import require
 
 pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -20,44 +18,31 @@ Status = Embedding.Status
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-@pytest.fixture
-def queued(settings, tmp_path, demo_model_dir):
-    """The length of this test's own queue on the shared Redis."""
-    require(port_open(*SHARED_REDIS), "no Redis on 127.0.0.1:6379")
-    settings.MEDIA_ROOT = tmp_path / "media"
-    name = unique_queue()
-    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "QUEUE": name}
-    client = redis.Redis.from_url(REDIS_URL)
-    with producer(REDIS_URL):
-        yield lambda: client.llen(name)
-    client.delete(name)
-
-
 def embed(product):
     registration = registry.get(Product)
     embed_objects(registration, iter_objects(registration, [product.pk]), register_encoder())
 
 
-def test_saves_enqueue_only_when_the_image_or_searchable_text_changed(queued, settings):
+def test_saves_enqueue_only_when_the_image_or_searchable_text_changed(published, settings):
     # Moderation off: whether the model likes this picture is not what is tested here.
     settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "MODERATION": {
         **settings.CLIP_SEARCH["MODERATION"], "ENABLED": False}}
     register_encoder()
     product = create_product(generate_catalog(1, seed=31)[0])
-    assert queued() == 1
+    assert published.count() == 1
     embed(product)
     product.save()  # nothing searchable changed
     product.price += 1
     product.save()  # price is not registered
     product.save(update_fields=["in_stock"])
-    assert queued() == 1
+    assert published.count() == 1
     product.title += " deluxe"
     product.save()
-    assert queued() == 2
+    assert published.count() == 2
     assert product.clip_embedding.status == Status.INDEXED  # same image: still searchable
 
 
-def test_a_new_image_is_hidden_until_the_worker_has_scored_it(queued):
+def test_a_new_image_is_hidden_until_the_worker_has_scored_it(published):
     register_encoder()
     spec, other = generate_catalog(2, seed=32)
     product = create_product(spec)
@@ -69,10 +54,10 @@ def test_a_new_image_is_hidden_until_the_worker_has_scored_it(queued):
     embed(product)  # what the worker does with the queued task
     row = product.clip_embedding
     assert row.status in (Status.INDEXED, Status.FLAGGED) and row.images.get().name == product.image.name
-    assert queued() == 2
+    assert published.count() == 2
 
 
-def test_deleting_a_product_removes_its_rows(queued):
+def test_deleting_a_product_removes_its_rows(published):
     register_encoder()
     product = create_product(generate_catalog(1, seed=33)[0])
     embed(product)

@@ -1,7 +1,7 @@
 """Fixtures shared by the reliability suite.
 
-The broker fixtures (``media``, ``queue``, ``redis_url``, ``start_worker``) are test_broker's,
-re-exported here; the storefront catalog is test_api's ``embedded_catalog``.
+The broker fixtures (``media``, ``queue``, ``redis_url``, ``start_worker``) are tests/conftest.py's;
+the storefront catalog is tests/catalog.py's ``embedded_catalog``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from django.test.testcases import LiveServerThread, _StaticFilesHandler
 
 from shop_demo.catalog.generator import generate_catalog
 from tests.catalog import embedded_catalog
-from tests.test_broker import media, queue, redis_url, start_worker  # noqa: F401 - fixtures
 
 # Rates high enough that a bounded fuzz or load run measures the server, not the throttle
 # (test_security and test_api check the throttle itself).
