@@ -10,6 +10,7 @@ import io
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.test import override_settings
 from django.urls import URLPattern, reverse
@@ -340,9 +341,19 @@ def test_image_search_has_its_own_stricter_throttle(api, shown):
 # --------------------------------------------------------------------------- review queue
 
 
+def user_with(username: str, *codenames: str, is_staff: bool = True):
+    """A user with exactly these clip_search permissions (``"view_reviewitem"``...)."""
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=is_staff)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="clip_search",
+                                                         codename__in=codenames))
+    assert {p.split(".", 1)[1] for p in user.get_all_permissions()} == set(codenames)
+    return user
+
+
 @pytest.fixture
 def staff(db):
-    return get_user_model().objects.create_user("reviewer", password="pw", is_staff=True)
+    """A reviewer: staff with the permission to decide review items, which implies seeing them."""
+    return user_with("reviewer", "change_reviewitem")
 
 
 @pytest.fixture
@@ -424,6 +435,54 @@ def test_approve_makes_the_product_searchable_and_reject_keeps_it_out(api, flagg
                           format="json"), 400, "invalid")
     still_open = {row["id"] for row in api.get(url("review-list"), {"limit": 100}).json()["results"]}
     assert flagged[2][1].pk in still_open and not {approve_item.pk, reject_item.pk} & still_open
+
+
+def assert_still_quarantined(product: Product, item: ReviewItem) -> None:
+    """Open, undecided, flagged, and out of the storefront's search."""
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.OPEN and item.decided_at is None
+    assert list(item.decisions.values_list("decision", flat=True)) == [ReviewDecision.Decision.FLAGGED]
+    assert Embedding.objects.get(pk=item.embedding_id).status == Status.FLAGGED
+    assert product.sku not in skus(search(APIClient(), product.sku, limit=100))
+
+
+def test_staff_without_the_review_permissions_can_neither_list_nor_decide(api, flagged):
+    """is_staff alone used to be enough (IsAdminUser): now the model permissions decide."""
+    product, item = flagged[0]
+    api.force_authenticate(user_with("clerk"))  # staff, no permission at all
+    error = assert_error(api.get(url("review-list")), 403, "permission_denied")
+    assert error["message"] == "You do not have permission to see the review queue."
+    for name in ("review-approve", "review-reject"):
+        response = api.post(url(name, item_id=item.pk), {"note": "let me"}, format="json")
+        error = assert_error(response, 403, "permission_denied")
+        assert error["message"] == "You do not have permission to approve or reject uploads."
+    assert_still_quarantined(product, item)
+
+
+def test_the_view_permission_lists_the_queue_but_cannot_decide(api, flagged):
+    product, item = flagged[0]
+    api.force_authenticate(user_with("auditor", "view_reviewitem"))
+    response = api.get(url("review-list"), {"limit": 100})
+    assert response.status_code == 200, response.content
+    assert item.pk in {row["id"] for row in response.json()["results"]}
+    for name in ("review-approve", "review-reject"):
+        assert_error(api.post(url(name, item_id=item.pk)), 403, "permission_denied")
+    assert_still_quarantined(product, item)
+
+
+def test_the_change_permission_decides_without_staff_and_superusers_need_no_grant(api, flagged):
+    """The permission is the gate, not is_staff; a superuser has every permission."""
+    (approved, approve_item), (rejected, reject_item) = flagged[:2]
+    moderator = user_with("moderator", "change_reviewitem", is_staff=False)
+    api.force_authenticate(moderator)
+    assert api.get(url("review-list")).status_code == 200
+    response = api.post(url("review-approve", item_id=approve_item.pk), {"note": "a cake knife"})
+    assert response.status_code == 200 and response.json()["status"] == "approved"
+    assert ReviewDecision.objects.get(item=approve_item, decision="approved").user == moderator
+    assert skus(search(APIClient(), approved.sku))[0] == approved.sku
+    api.force_authenticate(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    response = api.post(url("review-reject", item_id=reject_item.pk))
+    assert response.status_code == 200 and response.json()["status"] == "rejected"
 
 
 # --------------------------------------------------------------------------- conventions and schema

@@ -17,7 +17,8 @@ from clip_search.api.serializers import ErrorSerializer
 ERROR_DESCRIPTIONS: dict[int, Any] = {
     400: _("The query, a filter or the upload is invalid; `error.detail` has the field errors."),
     401: _("Not logged in (with an authentication scheme that can challenge, e.g. Basic or Token)."),
-    403: _("Not logged in (session authentication) or not staff."),
+    403: _("Not logged in (session authentication), or without the permission the route needs "
+           "(review queue: `clip_search.view_reviewitem` to list, `change_reviewitem` to decide)."),
     404: _("No such object, or not one the storefront may show."),
     409: _("The object is not in a state that allows this."),
     413: _("The upload is over CLIP_SEARCH['IMAGE']['MAX_BYTES'] (`too_large`)."),

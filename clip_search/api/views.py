@@ -253,7 +253,8 @@ class SimilarView(StorefrontView):
 
 
 class ReviewView(ApiView):
-    """Staff only (``REVIEW_PERMISSION_CLASSES``, IsAdminUser by default); not throttled here."""
+    """``REVIEW_PERMISSION_CLASSES`` (by default ``ReviewPermission``: Django's model permissions on
+    review items, view to list and change to decide); not throttled here."""
 
     permission_option = "REVIEW_PERMISSION_CLASSES"
     serializer_class = ReviewItemSerializer
@@ -289,7 +290,8 @@ class ReviewListView(ReviewView):
     @extend_schema(
         operation_id="review_list", tags=["review"], summary=_("Open review items"),
         description=_("Quarantined (flagged) and sampled uploads waiting for a staff decision, "
-                      "newest first. Staff only."),
+                      "newest first. Needs the `clip_search.view_reviewitem` (or "
+                      "`change_reviewitem`) permission."),
         parameters=[ReviewListParamsSerializer])
     def get(self, request: Request, version: str) -> Response:
         params = self.validated(ReviewListParamsSerializer, request.query_params)
@@ -331,7 +333,8 @@ class ReviewApproveView(ReviewDecisionView):
 
     @extend_schema(
         operation_id="review_approve", tags=["review"], summary=_("Approve a review item"),
-        description=_("The upload is fine: a flagged product becomes searchable. Staff only."),
+        description=_("The upload is fine: a flagged product becomes searchable. Needs the "
+                      "`clip_search.change_reviewitem` permission."),
         request=ReviewDecisionSerializer, parameters=[ITEM_ID])
     def post(self, request: Request, version: str, item_id: int) -> Response:
         return super().post(request, version, item_id)
@@ -343,7 +346,7 @@ class ReviewRejectView(ReviewDecisionView):
     @extend_schema(
         operation_id="review_reject", tags=["review"], summary=_("Reject a review item"),
         description=_("The upload is not acceptable: the product stays out of search until it "
-                      "gets a new picture. Staff only."),
+                      "gets a new picture. Needs the `clip_search.change_reviewitem` permission."),
         request=ReviewDecisionSerializer, parameters=[ITEM_ID])
     def post(self, request: Request, version: str, item_id: int) -> Response:
         return super().post(request, version, item_id)
