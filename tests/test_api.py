@@ -7,16 +7,24 @@ picture finds it), so they hold for the under-trained quick model too.
 from __future__ import annotations
 
 import io
+import json
+import re
+import threading
+import time
 
+import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.core.exceptions import SuspiciousFileOperation
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.test import override_settings
 from django.urls import URLPattern, reverse
 from PIL import Image
 from rest_framework.authentication import BasicAuthentication
-from rest_framework.test import APIClient
+from rest_framework.response import Response
+from rest_framework.test import APIClient, APIRequestFactory
 
 from clip_search.api import urls as api_urls
 from clip_search.api import views as api_views
@@ -90,7 +98,7 @@ def skus(body: dict) -> list[str]:
 
 def assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, response.content
-    body = response.json()
+    body = json.loads(response.content)  # a test client's response or a view's, rendered
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "detail"}, body
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
@@ -300,6 +308,22 @@ def test_a_broken_empty_missing_or_bomb_image_is_400(api, shown):
     assert_error(image_search(api, bomb.getvalue()), 400, "too_many_pixels")
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({f"field{n}": "x" for n in range(5_000)}, "too many form fields"),  # TooManyFieldsSent
+    ({"q": "mug " * 700_000}, "form data is too large"),  # 2.8 MB of text: RequestDataTooBig
+], ids=["5000-fields", "3MB-field"])
+def test_a_request_django_finds_suspicious_is_a_400_error_body(api, shown, fields, message, caplog):
+    """DRF parses the body inside the view, so Django's refusal reaches the API's handler: JSON,
+    not Django's HTML 400 page, and still logged where Django logs it (django.security.*)."""
+    body = {**fields, "image": upload(image_bytes(shown[0]))}
+    response = api.post(url("image-search"), body, format="multipart")
+    error = assert_error(response, 400, "bad_request")
+    assert message in error["message"] and response["Content-Type"] == "application/json"
+    assert [record.levelname for record in caplog.records if record.name.startswith("django.security.")] \
+        == ["ERROR"]
+    assert image_search(api, image_bytes(shown[0])).status_code == 200
+
+
 @pytest.fixture
 def encoder_down(shown, tmp_path, demo_model_dir):
     """The active encoder's weights are really gone (a deleted copy), not a mock."""
@@ -492,6 +516,96 @@ def test_every_error_has_the_one_body(api, shown):
     assert_error(api.get("/api/v2/search/", {"q": "mug"}), 404, "not_found")
     assert_error(api.post(url("search"), {"q": "mug"}), 405, "method_not_allowed")
     assert_error(api.get(url("image-search")), 405, "method_not_allowed")
+
+
+# Two advisory lock keys of this test's own.
+LOCK_A, LOCK_B = 7_401_001, 7_401_002
+
+
+class DeadlockingView(api_views.ApiView):
+    """Test only: takes lock A, waits until another transaction that holds B is waiting for A,
+    then asks for B. PostgreSQL finds the cycle and aborts this side (its deadlock_timeout is the
+    shorter one) with a real DeadlockDetected (40P01), which Django raises as OperationalError."""
+
+    holding_a: threading.Event | None = None
+
+    def get(self, request, version: str):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL deadlock_timeout = '100ms'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_A])
+            self.holding_a.set()
+            deadline = time.monotonic() + 30
+            while not waiting_for(cursor, LOCK_A):
+                assert time.monotonic() < deadline, "the other transaction never waited for lock A"
+                time.sleep(0.02)
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_B])
+        return Response({"deadlocked": False})
+
+
+def waiting_for(cursor, key: int) -> bool:
+    cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                   "AND objid = %s AND database = (SELECT oid FROM pg_database "
+                   "WHERE datname = current_database()))", [key])
+    return cursor.fetchone()[0]
+
+
+def test_a_deadlock_in_a_view_is_a_503_to_retry(db, caplog, settings):
+    settings.CLIP_SEARCH_API = {**settings.CLIP_SEARCH_API, "UNAVAILABLE_RETRY_AFTER": 2}
+    holding_a, finished = threading.Event(), []
+
+    def hold_b_then_wait_for_a() -> None:
+        try:
+            assert holding_a.wait(30)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL deadlock_timeout = '30s'")  # the view's side is the victim
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_B])
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_A])  # granted once the view gives up
+            finished.append(True)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=hold_b_then_wait_for_a)
+    other.start()
+    try:
+        view = DeadlockingView.as_view(holding_a=holding_a)
+        response = view(APIRequestFactory().get("/api/v1/deadlock/"), version="v1")
+        response.render()
+    finally:
+        holding_a.set()
+        other.join(60)
+    assert finished == [True]  # the other transaction got both locks and committed
+    error = assert_error(response, 503, "unavailable")
+    assert response["Retry-After"] == "2" and error["detail"] == {"retry_after": 2}
+    assert "2 seconds" in error["message"]
+    text = response.content.decode().lower()
+    assert not {"deadlock", "advisory", "select", "40p01", "psycopg"} & set(re.findall(r"[a-z0-9_]+", text))
+    [record] = [r for r in caplog.records if r.name == "clip_search.api.errors"]
+    assert record.levelname == "ERROR" and "40P01" in record.getMessage()
+    assert isinstance(record.exc_info[1], OperationalError)
+    assert isinstance(record.exc_info[1].__cause__, psycopg.errors.DeadlockDetected)
+
+
+class RaisingView(api_views.ApiView):
+    """Test only: raises what it is given."""
+
+    error: Exception | None = None
+
+    def get(self, request, version: str):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, status, code, hidden", [
+    # psycopg2's word for a connection that died under a persistent connection.
+    (InterfaceError("connection already closed"), 503, "unavailable", "closed"),
+    # Its text names the server's paths: the client gets a generic message.
+    (SuspiciousFileOperation("Detected path traversal attempt in '/srv/shop/media/../settings.py'"),
+     400, "bad_request", "/srv/shop"),
+], ids=["InterfaceError", "SuspiciousFileOperation"])
+def test_what_a_view_raises_is_answered_without_its_text(db, error, status, code, hidden):
+    response = RaisingView.as_view(error=error)(APIRequestFactory().get("/api/v1/x/"), version="v1")
+    response.render()
+    assert_error(response, status, code)
+    assert hidden not in response.content.decode()
 
 
 def test_a_shop_without_its_own_serializer_or_filterset_gets_defaults(api, shown):

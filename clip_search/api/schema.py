@@ -25,7 +25,8 @@ ERROR_DESCRIPTIONS: dict[int, Any] = {
     415: _("The upload is not an image (`not_an_image`), an image format that is not allowed "
            "(`format`), or the request is not multipart (`unsupported_media_type`)."),
     429: _("Throttled; `Retry-After` and `error.detail.retry_after` say how many seconds to wait."),
-    503: _("Image search is unavailable (the image encoder cannot be loaded)."),
+    503: _("The database cannot answer right now (`unavailable`); `Retry-After` and "
+           "`error.detail.retry_after` say how many seconds to wait before trying again."),
 }
 
 
@@ -40,6 +41,7 @@ class ApiAutoSchema(AutoSchema):
         responses: dict[int, Any] = {200: OpenApiResponse(ok, description=view.success_description)}
         for status, description in view.error_responses.items():
             responses[status] = error_response(status, description)
+        responses.setdefault(503, error_response(503))  # any route, when the database is down
         return responses
 
     def _is_list_view(self, serializer: Any = None) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import DatabaseError, InterfaceError, models
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 from django_filters import FilterSet
@@ -152,7 +152,9 @@ class SearchView(StorefrontView):
 class ImageSearchView(StorefrontView):
     parser_classes = [MultiPartParser, FormParser]
     throttle_scope = IMAGE_SCOPE
-    error_responses = {400: None, 413: None, 415: None, 429: None, 503: None}
+    error_responses = {400: None, 413: None, 415: None, 429: None, 503: _(
+        "Image search is unavailable (`image_search_unavailable`: the image encoder cannot be "
+        "loaded), or the database cannot answer right now (`unavailable`, with `Retry-After`).")}
 
     @extend_schema(
         operation_id="search_image", tags=["search"], summary=_("Search products by a picture"),
@@ -175,10 +177,11 @@ class ImageSearchView(StorefrontView):
         return self.respond(results, explain)
 
     def search_by_image(self, queryset: models.QuerySet, data: bytes, text: str) -> models.QuerySet:
-        """A rejected image is the client's error; any other failure is the encoder's (503)."""
+        """A rejected image is the client's error, a database error the database's (answered by
+        the exception handler: 503 to retry when it is down); any other failure is the encoder's."""
         try:
             return self.search(queryset, text=text or None, image=data)
-        except (ImageRejected, SearchError):
+        except (ImageRejected, SearchError, DatabaseError, InterfaceError):
             raise
         except Exception as error:
             logger.exception("clip_search API: image search failed")
@@ -187,6 +190,8 @@ class ImageSearchView(StorefrontView):
             reason = str(_("Image search is unavailable: %(error)s") % {"error": error})
         try:
             results = self.search(queryset, text=text)
+        except (DatabaseError, InterfaceError):
+            raise
         except Exception as error:
             logger.exception("clip_search API: text fallback of an image search failed")
             raise ImageSearchUnavailable() from error
