@@ -21,4 +21,6 @@ $PY manage.py clip_reindex --async --missing --timeout 1800
 
 $PY manage.py demo_admin
 echo "Storefront: http://127.0.0.1:8000/   (worker log: .data/worker.log)"
-$PY manage.py runserver 127.0.0.1:8000
+# DEBUG is off unless DJANGO_DEBUG=1: --insecure makes runserver serve the static files (admin
+# and storefront CSS/JS) anyway. Demo only: a real deployment serves collectstatic's output itself.
+$PY manage.py runserver --insecure 127.0.0.1:8000

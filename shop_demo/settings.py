@@ -9,7 +9,10 @@ from shop_demo.embedded_db import DATA_DIR, database_config
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+# Off unless a developer asks (DJANGO_DEBUG=1): with DEBUG on, any error page shows a client the
+# traceback, the settings and the SQL. scripts/demo.sh serves static files with runserver
+# --insecure and urls.py serves the product pictures, so the demo works without it.
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
 INSTALLED_APPS = [
@@ -90,7 +93,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"clip_search": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "clip_search": {"handlers": ["console"], "level": "INFO"},
+        # Django's own console handler prints only while DEBUG is on: without this, a 500 in the
+        # demo would leave no traceback anywhere.
+        "django": {"handlers": ["console"], "level": "WARNING"},
+    },
 }
 
 # Celery. With no CELERY_BROKER_URL the demo uses kombu's filesystem transport under .data/,

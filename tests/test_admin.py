@@ -358,3 +358,63 @@ def test_view_only_staff_may_search_but_not_reembed(client, catalog, db, tmp_pat
     with filesystem_broker(tmp_path / "broker") as queue:
         reembed(client, [product])
     assert queued_tasks(queue) == []
+
+
+def test_reembed_needs_the_products_change_permission(client, catalog, db, tmp_path):
+    user = get_user_model().objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(user)
+    _, product = catalog[0]
+    with filesystem_broker(tmp_path / "broker") as queue:
+        assert reembed(client, [product]).status_code == 403  # no permission on products at all
+        user.user_permissions.add(Permission.objects.get(codename="view_product"))
+        action_form = client.get(reverse(CHANGELIST)).context["action_form"]
+        assert action_form is None or "clip_reembed" not in dict(action_form.fields["action"].choices)
+        assert reembed(client, [product]).status_code == 200  # the list again, nothing done
+        assert queued_tasks(queue) == []
+        user.user_permissions.add(Permission.objects.get(codename="change_product"))
+        action_form = client.get(reverse(CHANGELIST)).context["action_form"]
+        assert "clip_reembed" in dict(action_form.fields["action"].choices)
+        assert "Queued 1 product for re-embedding" in reembed(client, [product]).content.decode()
+        assert [args for _, args in queued_tasks(queue)] == [
+            ["catalog.product", [str(product.pk)], None, True]]
+
+
+def test_the_review_admin_refuses_staff_without_the_change_permission(client, review_items):
+    """Django's admin checks the model permissions: the queue's actions and its change form too."""
+    item = review_items[1]  # open
+    change = reverse("admin:clip_search_reviewitem_change", args=[item.pk])
+    user = get_user_model().objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(user)
+
+    def still_open() -> None:
+        item.refresh_from_db()
+        assert item.status == ReviewItem.Status.OPEN and item.embedding.status == Status.FLAGGED
+        assert list(item.decisions.values_list("decision", flat=True)) == [ReviewDecision.Decision.FLAGGED]
+
+    # No permission at all: neither the queue nor the item.
+    assert client.get(reverse(REVIEW_CHANGELIST)).status_code == 403
+    for action in ("approve_selected", "reject_selected"):
+        assert decide(client, action, [item]).status_code == 403
+    assert client.get(change).status_code == 403
+    assert client.post(change, {"decision": "approve", "note": "let me"}).status_code == 403
+    still_open()
+
+    # View only: both are shown, without the actions or the decision, and a decision is refused.
+    user.user_permissions.add(Permission.objects.get(codename="view_reviewitem"))
+    response = client.get(reverse(REVIEW_CHANGELIST))
+    assert response.status_code == 200 and response.context["action_form"] is None
+    for action in ("approve_selected", "reject_selected"):
+        response = decide(client, action, [item])
+        assert response.status_code == 200 and "uploads approved" not in response.content.decode()
+    page = client.get(change)
+    assert page.status_code == 200 and 'name="decision"' not in page.content.decode()
+    assert client.post(change, {"decision": "approve", "note": "let me"}).status_code == 403
+    still_open()
+
+    # With change, the same requests decide.
+    user.user_permissions.add(Permission.objects.get(codename="change_reviewitem"))
+    assert "1 upload approved" in decide(client, "approve_selected", [item]).content.decode()
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.APPROVED
+    assert item.decisions.get(decision=ReviewDecision.Decision.APPROVED).user == user
+

@@ -7,15 +7,24 @@ picture finds it), so they hold for the under-trained quick model too.
 from __future__ import annotations
 
 import io
+import json
+import re
+import threading
+import time
 
+import psycopg
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.core.exceptions import SuspiciousFileOperation
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.test import override_settings
 from django.urls import URLPattern, reverse
 from PIL import Image
 from rest_framework.authentication import BasicAuthentication
-from rest_framework.test import APIClient
+from rest_framework.response import Response
+from rest_framework.test import APIClient, APIRequestFactory
 
 from clip_search.api import urls as api_urls
 from clip_search.api import views as api_views
@@ -88,7 +97,7 @@ def skus(body: dict) -> list[str]:
 
 def assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, response.content
-    body = response.json()
+    body = json.loads(response.content)  # a test client's response or a view's, rendered
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "detail"}, body
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
@@ -294,6 +303,22 @@ def test_a_broken_empty_missing_or_bomb_image_is_400(api, shown):
     assert_error(image_search(api, bomb.getvalue()), 400, "too_many_pixels")
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({f"field{n}": "x" for n in range(5_000)}, "too many form fields"),  # TooManyFieldsSent
+    ({"q": "mug " * 700_000}, "form data is too large"),  # 2.8 MB of text: RequestDataTooBig
+], ids=["5000-fields", "3MB-field"])
+def test_a_request_django_finds_suspicious_is_a_400_error_body(api, shown, fields, message, caplog):
+    """DRF parses the body inside the view, so Django's refusal reaches the API's handler: JSON,
+    not Django's HTML 400 page, and still logged where Django logs it (django.security.*)."""
+    body = {**fields, "image": upload(image_bytes(shown[0]))}
+    response = api.post(url("image-search"), body, format="multipart")
+    error = assert_error(response, 400, "bad_request")
+    assert message in error["message"] and response["Content-Type"] == "application/json"
+    assert [record.levelname for record in caplog.records if record.name.startswith("django.security.")] \
+        == ["ERROR"]
+    assert image_search(api, image_bytes(shown[0])).status_code == 200
+
+
 @pytest.fixture
 def encoder_down(shown, tmp_path, demo_model_dir):
     """The active encoder's weights are really gone (a deleted copy), not a mock."""
@@ -335,9 +360,19 @@ def test_image_search_has_its_own_stricter_throttle(api, shown):
 # --------------------------------------------------------------------------- review queue
 
 
+def user_with(username: str, *codenames: str, is_staff: bool = True):
+    """A user with exactly these clip_search permissions (``"view_reviewitem"``...)."""
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=is_staff)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="clip_search",
+                                                         codename__in=codenames))
+    assert {p.split(".", 1)[1] for p in user.get_all_permissions()} == set(codenames)
+    return user
+
+
 @pytest.fixture
 def staff(db):
-    return get_user_model().objects.create_user("reviewer", password="pw", is_staff=True)
+    """A reviewer: staff with the permission to decide review items, which implies seeing them."""
+    return user_with("reviewer", "change_reviewitem")
 
 
 @pytest.fixture
@@ -417,6 +452,54 @@ def test_approve_makes_the_product_searchable_and_reject_keeps_it_out(api, flagg
     assert flagged[2][1].pk in still_open and not {approve_item.pk, reject_item.pk} & still_open
 
 
+def assert_still_quarantined(product: Product, item: ReviewItem) -> None:
+    """Open, undecided, flagged, and out of the storefront's search."""
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.OPEN and item.decided_at is None
+    assert list(item.decisions.values_list("decision", flat=True)) == [ReviewDecision.Decision.FLAGGED]
+    assert Embedding.objects.get(pk=item.embedding_id).status == Status.FLAGGED
+    assert product.sku not in skus(search(APIClient(), product.sku, limit=100))
+
+
+def test_staff_without_the_review_permissions_can_neither_list_nor_decide(api, flagged):
+    """is_staff alone used to be enough (IsAdminUser): now the model permissions decide."""
+    product, item = flagged[0]
+    api.force_authenticate(user_with("clerk"))  # staff, no permission at all
+    error = assert_error(api.get(url("review-list")), 403, "permission_denied")
+    assert error["message"] == "You do not have permission to see the review queue."
+    for name in ("review-approve", "review-reject"):
+        response = api.post(url(name, item_id=item.pk), {"note": "let me"}, format="json")
+        error = assert_error(response, 403, "permission_denied")
+        assert error["message"] == "You do not have permission to approve or reject uploads."
+    assert_still_quarantined(product, item)
+
+
+def test_the_view_permission_lists_the_queue_but_cannot_decide(api, flagged):
+    product, item = flagged[0]
+    api.force_authenticate(user_with("auditor", "view_reviewitem"))
+    response = api.get(url("review-list"), {"limit": 100})
+    assert response.status_code == 200, response.content
+    assert item.pk in {row["id"] for row in response.json()["results"]}
+    for name in ("review-approve", "review-reject"):
+        assert_error(api.post(url(name, item_id=item.pk)), 403, "permission_denied")
+    assert_still_quarantined(product, item)
+
+
+def test_the_change_permission_decides_without_staff_and_superusers_need_no_grant(api, flagged):
+    """The permission is the gate, not is_staff; a superuser has every permission."""
+    (approved, approve_item), (rejected, reject_item) = flagged[:2]
+    moderator = user_with("moderator", "change_reviewitem", is_staff=False)
+    api.force_authenticate(moderator)
+    assert api.get(url("review-list")).status_code == 200
+    response = api.post(url("review-approve", item_id=approve_item.pk), {"note": "a cake knife"})
+    assert response.status_code == 200 and response.json()["status"] == "approved"
+    assert ReviewDecision.objects.get(item=approve_item, decision="approved").user == moderator
+    assert skus(search(APIClient(), approved.sku))[0] == approved.sku
+    api.force_authenticate(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    response = api.post(url("review-reject", item_id=reject_item.pk))
+    assert response.status_code == 200 and response.json()["status"] == "rejected"
+
+
 # --------------------------------------------------------------------------- conventions and schema
 
 
@@ -424,6 +507,96 @@ def test_every_error_has_the_one_body(api, shown):
     assert_error(api.get("/api/v2/search/", {"q": "mug"}), 404, "not_found")
     assert_error(api.post(url("search"), {"q": "mug"}), 405, "method_not_allowed")
     assert_error(api.get(url("image-search")), 405, "method_not_allowed")
+
+
+# Two advisory lock keys of this test's own.
+LOCK_A, LOCK_B = 7_401_001, 7_401_002
+
+
+class DeadlockingView(api_views.ApiView):
+    """Test only: takes lock A, waits until another transaction that holds B is waiting for A,
+    then asks for B. PostgreSQL finds the cycle and aborts this side (its deadlock_timeout is the
+    shorter one) with a real DeadlockDetected (40P01), which Django raises as OperationalError."""
+
+    holding_a: threading.Event | None = None
+
+    def get(self, request, version: str):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL deadlock_timeout = '100ms'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_A])
+            self.holding_a.set()
+            deadline = time.monotonic() + 30
+            while not waiting_for(cursor, LOCK_A):
+                assert time.monotonic() < deadline, "the other transaction never waited for lock A"
+                time.sleep(0.02)
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_B])
+        return Response({"deadlocked": False})
+
+
+def waiting_for(cursor, key: int) -> bool:
+    cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                   "AND objid = %s AND database = (SELECT oid FROM pg_database "
+                   "WHERE datname = current_database()))", [key])
+    return cursor.fetchone()[0]
+
+
+def test_a_deadlock_in_a_view_is_a_503_to_retry(db, caplog, settings):
+    settings.CLIP_SEARCH_API = {**settings.CLIP_SEARCH_API, "UNAVAILABLE_RETRY_AFTER": 2}
+    holding_a, finished = threading.Event(), []
+
+    def hold_b_then_wait_for_a() -> None:
+        try:
+            assert holding_a.wait(30)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL deadlock_timeout = '30s'")  # the view's side is the victim
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_B])
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_A])  # granted once the view gives up
+            finished.append(True)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=hold_b_then_wait_for_a)
+    other.start()
+    try:
+        view = DeadlockingView.as_view(holding_a=holding_a)
+        response = view(APIRequestFactory().get("/api/v1/deadlock/"), version="v1")
+        response.render()
+    finally:
+        holding_a.set()
+        other.join(60)
+    assert finished == [True]  # the other transaction got both locks and committed
+    error = assert_error(response, 503, "unavailable")
+    assert response["Retry-After"] == "2" and error["detail"] == {"retry_after": 2}
+    assert "2 seconds" in error["message"]
+    text = response.content.decode().lower()
+    assert not {"deadlock", "advisory", "select", "40p01", "psycopg"} & set(re.findall(r"[a-z0-9_]+", text))
+    [record] = [r for r in caplog.records if r.name == "clip_search.api.errors"]
+    assert record.levelname == "ERROR" and "40P01" in record.getMessage()
+    assert isinstance(record.exc_info[1], OperationalError)
+    assert isinstance(record.exc_info[1].__cause__, psycopg.errors.DeadlockDetected)
+
+
+class RaisingView(api_views.ApiView):
+    """Test only: raises what it is given."""
+
+    error: Exception | None = None
+
+    def get(self, request, version: str):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, status, code, hidden", [
+    # psycopg2's word for a connection that died under a persistent connection.
+    (InterfaceError("connection already closed"), 503, "unavailable", "closed"),
+    # Its text names the server's paths: the client gets a generic message.
+    (SuspiciousFileOperation("Detected path traversal attempt in '/srv/shop/media/../settings.py'"),
+     400, "bad_request", "/srv/shop"),
+], ids=["InterfaceError", "SuspiciousFileOperation"])
+def test_what_a_view_raises_is_answered_without_its_text(db, error, status, code, hidden):
+    response = RaisingView.as_view(error=error)(APIRequestFactory().get("/api/v1/x/"), version="v1")
+    response.render()
+    assert_error(response, status, code)
+    assert hidden not in response.content.decode()
 
 
 def test_a_shop_without_its_own_serializer_or_filterset_gets_defaults(api, shown):

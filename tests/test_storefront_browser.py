@@ -6,28 +6,15 @@ import base64
 import json
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connections
-from django.http import HttpRequest, HttpResponse
-from django.urls import re_path
-from django.views.static import serve
 from playwright.sync_api import Page
 
-from shop_demo import urls as shop_urls
 from shop_demo.catalog.generator import CATEGORY_LABELS, generate_catalog
 from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
 
 pytestmark = pytest.mark.browser
-
-
-def serve_media(request: HttpRequest, path: str) -> HttpResponse:
-    return serve(request, path, document_root=django_settings.MEDIA_ROOT)
-
-
-# The shop's URLs plus its media: tests run with DEBUG off, where static() serves nothing.
-urlpatterns = [*shop_urls.urlpatterns, re_path(r"^media/(?P<path>.*)$", serve_media)]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +41,9 @@ def settle(page: Page, status: str | None = None) -> None:
         page.locator("#status", has_text=status).wait_for()
 
 
-def test_a_shopper_searches_by_sku_picture_and_more_like_this(catalog, live_server, chromium, tmp_path,
-                                                               settings):
-    settings.ROOT_URLCONF = __name__
+def test_a_shopper_searches_by_sku_picture_and_more_like_this(catalog, live_server, chromium, tmp_path):
+    # Tests run with DEBUG off, as the demo now does by default: the thumbnails below load from
+    # the shop's own (demo-only) media route, the CSS and JS from the live server's static handler.
     cache.clear()  # fresh throttles
     spec, product = catalog[4]
     context = chromium.new_context(viewport={"width": 1280, "height": 960})

@@ -32,7 +32,12 @@ API_DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE": 24,
     "MAX_PAGE_SIZE": 100,
     "SEARCH_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
-    "REVIEW_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # The review queue needs clip_search.view_reviewitem (or change) to list and
+    # clip_search.change_reviewitem to approve or reject: is_staff alone is not enough.
+    "REVIEW_PERMISSION_CLASSES": ["clip_search.api.permissions.ReviewPermission"],
+    # Seconds a client is told to wait (Retry-After) when the database is unavailable, or a
+    # deadlock or serialization failure aborted its request: a 503 to retry, not a 500.
+    "UNAVAILABLE_RETRY_AFTER": 5,
 }
 
 # ScopedRateThrottle scopes. A shop sets their rates in REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"];

@@ -17,14 +17,16 @@ from clip_search.api.serializers import ErrorSerializer
 ERROR_DESCRIPTIONS: dict[int, Any] = {
     400: _("The query, a filter or the upload is invalid; `error.detail` has the field errors."),
     401: _("Not logged in (with an authentication scheme that can challenge, e.g. Basic or Token)."),
-    403: _("Not logged in (session authentication) or not staff."),
+    403: _("Not logged in (session authentication), or without the permission the route needs "
+           "(review queue: `clip_search.view_reviewitem` to list, `change_reviewitem` to decide)."),
     404: _("No such object, or not one the storefront may show."),
     409: _("The object is not in a state that allows this."),
     413: _("The upload is over CLIP_SEARCH['IMAGE']['MAX_BYTES'] (`too_large`)."),
     415: _("The upload is not an image (`not_an_image`), an image format that is not allowed "
            "(`format`), or the request is not multipart (`unsupported_media_type`)."),
     429: _("Throttled; `Retry-After` and `error.detail.retry_after` say how many seconds to wait."),
-    503: _("Image search is unavailable (the image encoder cannot be loaded)."),
+    503: _("The database cannot answer right now (`unavailable`); `Retry-After` and "
+           "`error.detail.retry_after` say how many seconds to wait before trying again."),
 }
 
 
@@ -39,6 +41,7 @@ class ApiAutoSchema(AutoSchema):
         responses: dict[int, Any] = {200: OpenApiResponse(ok, description=view.success_description)}
         for status, description in view.error_responses.items():
             responses[status] = error_response(status, description)
+        responses.setdefault(503, error_response(503))  # any route, when the database is down
         return responses
 
     def _is_list_view(self, serializer: Any = None) -> bool:

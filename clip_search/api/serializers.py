@@ -61,15 +61,15 @@ class ReviewDecisionSerializer(serializers.Serializer):
 
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text=_(
-        "Stable, machine-readable: invalid, parse_error, not_authenticated, "
+        "Stable, machine-readable: invalid, parse_error, bad_request, not_authenticated, "
         "authentication_failed, permission_denied, not_found, method_not_allowed, "
         "unsupported_media_type, throttled, not_indexed, already_decided, "
-        "image_search_unavailable, or an image rejection: empty, too_large, not_an_image, "
-        "format, broken, too_many_pixels."))
+        "image_search_unavailable, unavailable, or an image rejection: empty, too_large, "
+        "not_an_image, format, broken, too_many_pixels."))
     message = serializers.CharField(help_text=_("For people; translated."))
     detail = serializers.JSONField(allow_null=True, help_text=_(
         "Field errors for `invalid` ({field: [messages]}), {\"retry_after\": seconds} for "
-        "`throttled`, else null."))
+        "`throttled` and `unavailable`, else null."))
 
 
 class ErrorSerializer(serializers.Serializer):

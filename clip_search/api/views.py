@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import DatabaseError, InterfaceError, models
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 from django_filters import FilterSet
@@ -160,7 +160,9 @@ class SearchView(StorefrontView):
 class ImageSearchView(StorefrontView):
     parser_classes = [MultiPartParser, FormParser]
     throttle_scope = IMAGE_SCOPE
-    error_responses = {400: None, 413: None, 415: None, 429: None, 503: None}
+    error_responses = {400: None, 413: None, 415: None, 429: None, 503: _(
+        "Image search is unavailable (`image_search_unavailable`: the image encoder cannot be "
+        "loaded), or the database cannot answer right now (`unavailable`, with `Retry-After`).")}
 
     @extend_schema(
         operation_id="search_image", tags=["search"], summary=_("Search products by a picture"),
@@ -183,10 +185,11 @@ class ImageSearchView(StorefrontView):
         return self.respond(results, explain)
 
     def search_by_image(self, queryset: models.QuerySet, data: bytes, text: str) -> models.QuerySet:
-        """A rejected image is the client's error; any other failure is the encoder's (503)."""
+        """A rejected image is the client's error, a database error the database's (answered by
+        the exception handler: 503 to retry when it is down); any other failure is the encoder's."""
         try:
             return self.search(queryset, text=text or None, image=data)
-        except (ImageRejected, SearchError):
+        except (ImageRejected, SearchError, DatabaseError, InterfaceError):
             raise
         except Exception as error:
             logger.exception("clip_search API: image search failed")
@@ -195,6 +198,8 @@ class ImageSearchView(StorefrontView):
             reason = str(_("Image search is unavailable: %(error)s") % {"error": error})
         try:
             results = self.search(queryset, text=text)
+        except (DatabaseError, InterfaceError):
+            raise
         except Exception as error:
             logger.exception("clip_search API: text fallback of an image search failed")
             raise ImageSearchUnavailable() from error
@@ -261,7 +266,8 @@ class SimilarView(StorefrontView):
 
 
 class ReviewView(ApiView):
-    """Staff only (``REVIEW_PERMISSION_CLASSES``, IsAdminUser by default); not throttled here."""
+    """``REVIEW_PERMISSION_CLASSES`` (by default ``ReviewPermission``: Django's model permissions on
+    review items, view to list and change to decide); not throttled here."""
 
     permission_option = "REVIEW_PERMISSION_CLASSES"
     serializer_class = ReviewItemSerializer
@@ -296,7 +302,8 @@ class ReviewListView(ReviewView):
     @extend_schema(
         operation_id="review_list", tags=["review"], summary=_("Open review items"),
         description=_("Quarantined (flagged) and sampled uploads waiting for a staff decision, "
-                      "newest first. Staff only."),
+                      "newest first. Needs the `clip_search.view_reviewitem` (or "
+                      "`change_reviewitem`) permission."),
         parameters=[ReviewListParamsSerializer])
     def get(self, request: Request, version: str) -> Response:
         params = self.validated(ReviewListParamsSerializer, request.query_params)
@@ -341,7 +348,8 @@ class ReviewApproveView(ReviewDecisionView):
 
     @extend_schema(
         operation_id="review_approve", tags=["review"], summary=_("Approve a review item"),
-        description=_("The upload is fine: a flagged product becomes searchable. Staff only."),
+        description=_("The upload is fine: a flagged product becomes searchable. Needs the "
+                      "`clip_search.change_reviewitem` permission."),
         request=ReviewDecisionSerializer, parameters=[ITEM_ID])
     def post(self, request: Request, version: str, item_id: int) -> Response:
         return super().post(request, version, item_id)
@@ -353,7 +361,7 @@ class ReviewRejectView(ReviewDecisionView):
     @extend_schema(
         operation_id="review_reject", tags=["review"], summary=_("Reject a review item"),
         description=_("The upload is not acceptable: the product stays out of search until it "
-                      "gets a new picture. Staff only."),
+                      "gets a new picture. Needs the `clip_search.change_reviewitem` permission."),
         request=ReviewDecisionSerializer, parameters=[ITEM_ID])
     def post(self, request: Request, version: str, item_id: int) -> Response:
         return super().post(request, version, item_id)
