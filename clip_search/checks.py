@@ -9,7 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from clip_search.conf import clip_settings
-from clip_search.registry import RegistrationError, registry
+from clip_search.registry import registry
 from clip_search.sql import extension_status
 
 
@@ -91,17 +91,13 @@ def _read_safetensors_headers(paths: list) -> None:
 
 @register("clip_search")
 def check_registrations(app_configs: Any = None, **kwargs: Any) -> list:
+    """Registrations are validated when made; those made by name in ``ready()`` keep their
+    errors for this check instead of failing the import."""
     errors = [
         Error(str(error), hint="Name an existing field, or pass a callable.",
               id="clip_search.E002")
         for error in registry.errors
     ]
-    for registration in registry:
-        try:
-            registration.validate()
-        except RegistrationError as error:
-            errors.append(Error(str(error), hint="Name an existing field, or pass a callable.",
-                                obj=registration.model, id="clip_search.E002"))
     if not len(registry) and not registry.errors:
         errors.append(Warning(
             "No model is registered with clip_search: nothing will be embedded or searchable.",

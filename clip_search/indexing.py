@@ -402,6 +402,9 @@ def embed_objects(registration: Registration, objects: Sequence[models.Model], e
     plans = plan(registration, objects, encoder, force=force)
     embed(plans, encoder)
     summary = Summary()
+    skipped = [planned.row.pk for planned in plans if planned.unchanged]
+    if skipped:  # nothing to write; the time says they were seen (what ``clip_reindex --async`` follows)
+        Embedding.objects.filter(pk__in=skipped).update(updated_at=timezone.now())
     for planned in plans:
         if planned.unchanged:
             summary.counts["skipped"] += 1

@@ -143,33 +143,38 @@ def sweep(batch_size: int | None = None) -> int:
     pending_after = timedelta(seconds=options["PENDING_AFTER"])
     queued = 0
     for registration in registry:
-        queued += _sweep_unfinished(registration, encoder, pending_after)
-        queued += verify_slice(registration, encoder, limit=options["VERIFY_PER_RUN"], batch_size=batch_size)
+        unfinished = _sweep_unfinished(registration, encoder, pending_after)
+        queued += len(unfinished) + verify_slice(registration, encoder, limit=options["VERIFY_PER_RUN"],
+                                                 batch_size=batch_size, queued=set(unfinished))
     logger.info("clip_search sweep queued %d objects", queued)
     return queued
 
 
-def _sweep_unfinished(registration: Registration, encoder: EncoderModel, pending_after: timedelta) -> int:
+def _sweep_unfinished(registration: Registration, encoder: EncoderModel,
+                      pending_after: timedelta) -> list[str]:
+    """Queue the rows left unfinished; returns their pks (as the rows store them)."""
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
     rows_ = Embedding.objects.filter(content_type=content_type, encoder=encoder).filter(needs_work())
     rows_ = rows_.exclude(status=Embedding.Status.PENDING, stale=False, reembed=False,
                           updated_at__gt=timezone.now() - pending_after)
     pks = list(rows_.values_list("object_pk", flat=True))
-    return len(pks) if pks and enqueue(registration.label, pks, encoder.pk) else 0
+    return pks if pks and enqueue(registration.label, pks, encoder.pk) else []
 
 
 def verify_slice(registration: Registration, encoder: EncoderModel, *, limit: int | None,
-                 batch_size: int | None = None) -> int:
+                 batch_size: int | None = None, queued: set[str] = frozenset()) -> int:
     """Verify up to ``limit`` objects after the stored cursor (all of them with None), hide
-    those with a new image, queue those that drifted; returns how many were queued."""
+    those with a new image, queue those that drifted and are not in ``queued`` already;
+    returns how many it queued."""
     cursor, after = resume_point(registration, encoder)
-    queued = checked = 0
+    count = checked = 0
     # Unfinished rows are the first step's (``_sweep_unfinished``): not queued twice.
     for batch in verify_batches(registration, encoder, after_pk=after, limit=limit, batch_size=batch_size,
                                 unfinished=False):
         hide_unscored(registration, batch)
-        if batch.drifted and enqueue(registration.label, batch.drifted, encoder.pk):
-            queued += len(batch.drifted)
+        drifted = [pk for pk in batch.drifted if str(pk) not in queued]
+        if drifted and enqueue(registration.label, drifted, encoder.pk):
+            count += len(drifted)
         checked += batch.checked
         cursor.last_pk = str(batch.last_pk)
         cursor.save(update_fields=["last_pk", "updated_at"])
@@ -179,7 +184,7 @@ def verify_slice(registration: Registration, encoder: EncoderModel, *, limit: in
         orphans = delete_orphans(registration)
         if orphans:
             logger.info("clip_search: deleted the rows of %d deleted %s objects", orphans, registration.label)
-    return queued
+    return count
 
 
 def reindex(target: models.Model | models.QuerySet | list, *, force: bool = False) -> int:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from clip_search.models import Embedding, EncoderModel
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding
 from clip_search.search import SearchError, search
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
@@ -160,11 +160,13 @@ def test_without_a_text_encoder_the_keyword_legs_answer_and_say_so(searchable, t
 
 def exact_top10(queryset, query_vector, dimension, limit=10):
     """Sequential scan: what the HNSW leg should have returned for this filter."""
-    rows = Embedding.objects.filter(status=Embedding.Status.INDEXED,
-                                    object_pk__in=[str(pk) for pk in queryset.values_list("pk", flat=True)])
-    pairs = [(pk, np.asarray(v, np.float32)) for pk, v in rows.values_list("object_pk", "vector")]
-    pairs.sort(key=lambda item: -float(item[1] @ query_vector))
-    return [int(pk) for pk, _ in pairs[:limit]]
+    rows = ImageEmbedding.objects.filter(
+        product_status=Embedding.Status.INDEXED,
+        object_pk__in=[str(pk) for pk in queryset.values_list("pk", flat=True)])
+    best: dict[str, float] = {}  # each product's best image
+    for pk, vector in rows.values_list("object_pk", "vector"):
+        best[pk] = max(best.get(pk, -2.0), float(np.asarray(vector, np.float32) @ query_vector))
+    return [int(pk) for pk, _ in sorted(best.items(), key=lambda item: -item[1])[:limit]]
 
 
 def test_filtered_vector_search_matches_an_exact_scan(searchable):

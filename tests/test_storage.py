@@ -4,7 +4,7 @@ from django.db import connection, transaction
 
 from clip_search import sql
 from clip_search.expressions import cosine_distance
-from clip_search.models import Embedding, EncoderModel
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding
 from shop_demo.catalog.models import Product
 
 pytestmark = pytest.mark.django_db
@@ -15,26 +15,35 @@ def test_migrations_created_the_extensions_and_indexes():
         cursor.execute("SELECT extname FROM pg_extension WHERE extname IN ('vector', 'pg_trgm') ORDER BY 1")
         assert [r[0] for r in cursor.fetchall()] == ["pg_trgm", "vector"]
         cursor.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                       "WHERE attrelid = 'clip_search_embedding'::regclass AND attname = 'vector'")
+                       "WHERE attrelid = 'clip_search_imageembedding'::regclass AND attname = 'vector'")
         assert cursor.fetchone()[0] == "vector"  # untyped: each encoder has its own dimension
-        cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'clip_search_embedding'")
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename IN "
+                       "('clip_search_embedding', 'clip_search_imageembedding')")
         definitions = " ".join(r[0] for r in cursor.fetchall())
     assert "USING gin (keywords gin_trgm_ops)" in definitions
     assert "USING gin (search_document)" in definitions
+    # The typed key: a filter on the shop's integer pks reads both tables by index.
+    assert "clip_search_embedding USING btree (object_id, content_type_id, encoder_id)" in definitions
+    assert "clip_search_imageembedding USING btree (object_id, content_type_id, encoder_id)" in definitions
 
 
 def _fill(encoder: EncoderModel, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` indexed products of one image each, with random unit vectors."""
     from django.contrib.contenttypes.models import ContentType
 
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, encoder.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     content_type = ContentType.objects.get_for_model(Product)
-    Embedding.objects.bulk_create(
-        Embedding(content_type=content_type, object_pk=str(i), encoder=encoder, vector=v,
+    rows = Embedding.objects.bulk_create(
+        Embedding(content_type=content_type, object_pk=str(i), object_id=i, encoder=encoder,
                   status=Embedding.Status.INDEXED)
-        for i, v in enumerate(vectors)
-    )
+        for i in range(count))
+    ImageEmbedding.objects.bulk_create(
+        ImageEmbedding(embedding=row, vector=v, verdict=ImageEmbedding.Verdict.PASSED, encoder=encoder,
+                       content_type=content_type, object_pk=row.object_pk, object_id=row.object_id,
+                       product_status=Embedding.Status.INDEXED)
+        for row, v in zip(rows, vectors, strict=True))
     return vectors
 
 
@@ -49,11 +58,11 @@ def test_hnsw_index_is_created_once_and_used_by_the_knn_query():
     assert sql.ensure_vector_index(encoder.pk, encoder.dimension) is False  # idempotent
     assert sql.ensure_vector_index(other.pk, other.dimension) is True
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE clip_search_embedding")
+        cursor.execute("ANALYZE clip_search_imageembedding")
 
     query = vectors[7]
     knn = (
-        Embedding.objects.filter(encoder=encoder)
+        ImageEmbedding.objects.filter(encoder=encoder)
         .annotate(distance=cosine_distance(encoder.dimension, query))
         .order_by("distance")[:10]
     )
@@ -93,13 +102,13 @@ def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
     vectors = _fill(encoder, 3000)
     sql.ensure_vector_index(encoder.pk, encoder.dimension)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE clip_search_embedding")
+        cursor.execute("ANALYZE clip_search_imageembedding")
     query = sql.FusedQuery(
         content_type_id=ContentType.objects.get_for_model(Product).pk, encoder_id=encoder.pk,
-        dimension=512, base=None, pk_type="integer", exclude_pk=None, vector=vectors[42].tolist(),
-        text="red mug",
+        dimension=512, base=None, pk_type="integer", integer_pk=True, exclude_pk=None,
+        vector=vectors[42].tolist(), text="red mug",
         exact_tokens=["red mug"], vector_statuses=["indexed"], text_statuses=["indexed"],
-        depth={"vector": 50, "fulltext": 50, "keyword": 50},
+        depth={"vector": 50, "fulltext": 50, "keyword": 50}, images_per_object=1,
         weights={"vector": 1, "fulltext": 1, "keyword": 1},
         rrf_k=60, exact_boost=1.0, text_search_config="english", limit=10)
     statement, params = sql.fused_statement(query)

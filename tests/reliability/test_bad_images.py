@@ -165,7 +165,9 @@ def test_the_admin_product_form(kind, staff_client, encoder, tmp_path, django_ca
     form = {"title": "Odd upload", "description": kind, "sku": f"ODD-{kind}"[:40],
             "brand": template.brand_id, "category": template.category_id, "price": "9.99",
             "in_stock": "on", "is_public": "on",
-            "image": SimpleUploadedFile(name, data, content_type="application/octet-stream")}
+            "image": SimpleUploadedFile(name, data, content_type="application/octet-stream"),
+            # The gallery inline's management form: no gallery picture in this upload.
+            "gallery-TOTAL_FORMS": "0", "gallery-INITIAL_FORMS": "0"}
     with filesystem_broker(tmp_path / "broker") as queue, \
             django_capture_on_commit_callbacks(execute=True):
         response = staff_client.post(reverse("admin:catalog_product_add"), form)
@@ -184,7 +186,7 @@ def test_the_admin_product_form(kind, staff_client, encoder, tmp_path, django_ca
     change = staff_client.get(reverse("admin:catalog_product_changelist"), {"q": form["sku"]})
     assert change.status_code == 200
     if KINDS[kind][2]:  # the reason is the status badge's tooltip
-        assert f'clip-status-error" title="{KINDS[kind][2]}: ' in change.content.decode()
+        assert f'clip-status-error" title="image 1: {KINDS[kind][2]}: ' in change.content.decode()
 
 
 # --------------------------------------------------------------------------- API image search

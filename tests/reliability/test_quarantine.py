@@ -222,10 +222,11 @@ def _dsn() -> str:
 
 
 def _waiting(prober, table: str) -> bool:
-    """Some backend waits for a row lock on ``table``."""
+    """Some backend waits for a lock in an ORM query of ``table``'s rows (pg_stat_activity keeps a
+    query's first 1 kB only: the FROM and FOR UPDATE of a long SELECT may be cut off)."""
     return bool(prober.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-        [f"%FROM %{table}%FOR UPDATE%"]).fetchone()[0])
+        [f'SELECT "{table}".%']).fetchone()[0])
 
 
 def _in_thread(function, outcome: list):
@@ -241,13 +242,14 @@ def _in_thread(function, outcome: list):
 
 
 def test_the_sweep_runs_where_the_documented_worker_listens(redis_url, queue, media):
-    """``celery call``, a beat entry and ``sweep.delay()`` all publish to CLIP_SEARCH["QUEUE"],
-    never to Celery's default queue, which the documented worker (-Q clip_search) never reads."""
+    """A beat entry and ``sweep.delay()`` publish to CLIP_SEARCH["QUEUE"] by themselves, never to
+    Celery's default queue, which the documented worker (-Q clip_search) never reads; and the
+    README's ``celery call`` (which publishes by name, without loading the task) names it."""
     client = redis.Redis.from_url(redis_url)
     default_before = client.llen("celery")
     env = process_env(broker_url=redis_url, queue=queue, media_root=media)
-    call = subprocess.run([sys.executable, "-m", "celery", "-A", "shop_demo", "call", "clip_search.sweep"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    call = subprocess.run([sys.executable, "-m", "celery", "-A", "shop_demo", "call", "clip_search.sweep",
+                           "--queue", queue], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert call.returncode == 0, call.stderr
     assert client.llen(queue) == 1
     with producer(redis_url):

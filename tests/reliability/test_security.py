@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from clip_search.models import Embedding, ReviewItem
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
-from tests.catalog import embedded_catalog, quarantine
+from tests.catalog import embedded_catalog, quarantine, set_status
 from tests.reliability.conftest import unthrottled
 from tests.test_admin import filesystem_broker, queued_tasks
 from tests.test_api import assert_error, image_search, limits, url
@@ -126,7 +126,7 @@ def test_the_storefront_never_returns_a_hidden_product(storefront, catalog, data
     states = data.draw(st.lists(st.tuples(st.sampled_from([Status.INDEXED, *HIDDEN_STATUSES]), st.booleans()),
                                 min_size=len(catalog), max_size=len(catalog)), label="(status, is_public)")
     for product, (status, public) in zip(catalog, states, strict=True):
-        Embedding.objects.filter(object_pk=str(product.pk)).update(status=status)
+        set_status(product, status)
         Product.objects.filter(pk=product.pk).update(is_public=public)
     shown = {product.pk for product, (status, public) in zip(catalog, states, strict=True)
              if public and status == Status.INDEXED}
