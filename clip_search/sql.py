@@ -184,22 +184,20 @@ def _vector_leg(query: FusedQuery) -> tuple[str, list]:
     # object's row, by its unique key), so no leg fetches the same rows again.
     carried = ("search_document", "keywords", "keyword_tokens") if query.text else ()
     columns = "".join(f", e.{c}" for c in carried)
-    join = """JOIN clip_search_embedding e ON e.content_type_id = %s AND e.encoder_id = %s
-                                      AND e.object_pk = best.object_pk""" if carried else ""
+    join = "JOIN clip_search_embedding e ON e.id = best.embedding_id" if carried else ""
     body = f"""
         SELECT best.object_pk, rank() OVER (ORDER BY best.distance) AS rank, best.distance{columns}
         FROM (
-            SELECT object_pk, min(distance) AS distance FROM (
-                SELECT i.object_pk, i.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
+            SELECT object_pk, embedding_id, min(distance) AS distance FROM (
+                SELECT i.object_pk, i.embedding_id,
+                       i.vector::vector({int(query.dimension)}) <=> %s::vector AS distance
                 FROM clip_search_imageembedding i
                 WHERE {scope} AND i.product_status = ANY(%s)
                 ORDER BY distance LIMIT %s) AS images
-            GROUP BY object_pk ORDER BY distance LIMIT %s) AS best
+            GROUP BY object_pk, embedding_id ORDER BY distance LIMIT %s) AS best
         {join}"""
     params = [_vector_literal(query.vector), *scope_params, query.vector_statuses,
               depth * max(1, query.images_per_object), depth]
-    if carried:
-        params += [int(query.content_type_id), int(query.encoder_id)]
     return body, params
 
 
