@@ -1,6 +1,7 @@
 """The synthetic catalog must be reproducible and learnable, or training and retrieval tests mean nothing."""
 
 import dataclasses
+import io
 from collections import Counter
 from decimal import Decimal
 
@@ -120,3 +121,18 @@ def test_drawn_object_has_its_spec_colour():
     specs = generate_catalog(200, seed=5)
     hits = sum(dominant_colour(s.draw(64)) == s.colour for s in specs)
     assert hits >= 0.8 * len(specs), hits
+
+
+@pytest.mark.django_db
+def test_demo_catalog_loads_products_with_a_second_view_in_every_fourth_gallery(tmp_path, settings):
+    from django.core.management import call_command
+
+    from shop_demo.catalog.models import Product, ProductImage
+
+    settings.MEDIA_ROOT = tmp_path
+    call_command("demo_catalog", "--products", "8", "--image-size", "32", stdout=io.StringIO())
+    assert Product.objects.count() == 8 and ProductImage.objects.count() == 2
+    gallery = ProductImage.objects.select_related("product").first()
+    assert gallery.image.read() != gallery.product.image.read()  # another shot, not a copy
+    call_command("demo_catalog", "--products", "8", "--image-size", "32", stdout=io.StringIO())
+    assert ProductImage.objects.count() == 2  # idempotent

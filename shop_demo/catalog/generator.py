@@ -278,9 +278,13 @@ class ProductSpec:
         self.draw(size).save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
-    def jpeg_bytes(self, size: int = 224, quality: int = 90) -> bytes:
+    def jpeg_bytes(self, size: int = 224, quality: int = 90, view: int = 0) -> bytes:
+        """The photo as a JPEG; ``view`` > 0 is another shot of the same product (the same
+        category and colour, drawn from another seed), as a shop's gallery holds."""
         buf = io.BytesIO()
-        self.draw(size).save(buf, format="JPEG", quality=quality)
+        image = self.draw(size) if not view else render_product(self.category, self.colour,
+                                                                self.seed + 7919 * view, size)
+        image.save(buf, format="JPEG", quality=quality)
         return buf.getvalue()
 
 
