@@ -299,7 +299,7 @@ class ClipSearchAdminMixin:
         fields = super().get_search_fields(request)
         if fields or not registry.is_registered(self.model):
             return fields
-        return [*self.clip_registration.text, *self.clip_registration.keywords]
+        return self.clip_registration.paths()
 
     def get_search_results(self, request: HttpRequest, queryset: models.QuerySet,
                            search_term: str) -> tuple[models.QuerySet, bool]:

@@ -19,6 +19,9 @@ from django.db import models
 from django.db.models.fields.files import FieldFile
 
 RelatedSpec = str | Callable[[models.Model], Iterable[Any]]
+# A text or keyword source: a field path ("brand__name"), or a callable returning a string or
+# several (attribute values, a product's partner SKUs).
+TextSource = str | Callable[[models.Model], Any]
 
 
 class RegistrationError(ImproperlyConfigured):
@@ -181,8 +184,8 @@ class Registration:
 
     model: type[models.Model]
     images: tuple[ImagePath, ...] | ImagesCallable
-    text: tuple[str, ...] = ()
-    keywords: tuple[str, ...] = ()
+    text: tuple[TextSource, ...] = ()
+    keywords: tuple[TextSource, ...] = ()
     queryset: Callable[[], models.QuerySet] | None = None
     related: dict[type[models.Model], RelatedSpec] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -232,14 +235,12 @@ class Registration:
 
     def text_parts(self, obj: models.Model) -> list[tuple[str, str]]:
         """(weight, text) pairs for the stored full-text document, heaviest first."""
-        return [
-            (weight, _as_text(read_path(obj, path)))
-            for weight, path in zip(TEXT_WEIGHTS, self.text, strict=False)
-        ]
+        return [(weight, " ".join(_texts(obj, source)))
+                for weight, source in zip(TEXT_WEIGHTS, self.text, strict=False)]
 
     def keyword_values(self, obj: models.Model) -> list[str]:
         """SKU, brand, model numbers: matched exactly and by trigram, not stemmed."""
-        return [v for v in (_as_text(read_path(obj, p)) for p in self.keywords) if v]
+        return [value for source in self.keywords for value in _texts(obj, source)]
 
     def keyword_text(self, obj: models.Model) -> str:
         return " ".join(self.keyword_values(obj))
@@ -261,7 +262,7 @@ class Registration:
 
     def related_paths(self) -> list[str]:
         """select_related() paths that the text, keyword and single image fields follow."""
-        paths = {p.rsplit("__", 1)[0] for p in (*self.text, *self.keywords) if "__" in p}
+        paths = {p.rsplit("__", 1)[0] for p in self.paths() if "__" in p}
         if not callable(self.images):
             paths |= {"__".join(path.parts[:path.many_at if path.many_at is not None else -1])
                       for path in self.images}
@@ -276,10 +277,14 @@ class Registration:
 
     def read_roots(self) -> set[str] | None:
         """The model's own fields whose change can alter the index (None: unknown, a callable)."""
-        if callable(self.images):
+        if callable(self.images) or len(self.paths()) < len(self.text) + len(self.keywords):
             return None
-        paths = (*(path.path for path in self.images), *self.text, *self.keywords)
+        paths = (*(path.path for path in self.images), *self.paths())
         return {path.split("__")[0] for path in paths}
+
+    def paths(self) -> list[str]:
+        """The text and keyword sources that are field paths (not callables)."""
+        return [source for source in (*self.text, *self.keywords) if isinstance(source, str)]
 
     # ----------------------------------------------------------------- related models
 
@@ -292,7 +297,7 @@ class Registration:
                 if path.relation_prefix:
                     found[path.file_model] = Watcher(path.file_model, self._by_lookup(path.relation_prefix),
                                                      images=True, fields=frozenset({path.parts[-1]}))
-        for path in (*self.text, *self.keywords):
+        for path in self.paths():
             prefix, _, name = path.rpartition("__")
             if prefix:
                 _field, related_model, _many = resolve_path(self.model, path)
@@ -360,6 +365,15 @@ def _as_text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _texts(obj: models.Model, source: TextSource) -> list[str]:
+    """The non-empty strings a text or keyword source gives for ``obj``."""
+    value = source(obj) if callable(source) else read_path(obj, source)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return [text for text in map(_as_text, value) if text]
+    text = _as_text(value)
+    return [text] if text else []
+
+
 def _model(value: type[models.Model] | str) -> type[models.Model]:
     return apps.get_model(value) if isinstance(value, str) else value
 
@@ -378,8 +392,8 @@ class Registry:
         *,
         image: str | Callable[[models.Model], ImageValue] | None = None,
         images: str | Sequence[str] | ImagesCallable | None = None,
-        text: Sequence[str] = (),
-        keywords: Sequence[str] = (),
+        text: Sequence[TextSource] = (),
+        keywords: Sequence[TextSource] = (),
         queryset: Callable[[], models.QuerySet] | None = None,
         related: dict[type[models.Model] | str, RelatedSpec] | None = None,
         **extra: Any,
@@ -455,8 +469,9 @@ class Registry:
         return len(self._registrations)
 
 
-def build_registration(model: type[models.Model], *, image: Any, images: Any, text: tuple[str, ...],
-                       keywords: tuple[str, ...], queryset: Any, related: dict, extra: dict) -> Registration:
+def build_registration(model: type[models.Model], *, image: Any, images: Any, text: tuple[TextSource, ...],
+                       keywords: tuple[TextSource, ...], queryset: Any, related: dict,
+                       extra: dict) -> Registration:
     """Validate register()'s arguments into a Registration; RegistrationError names the problem."""
     where = f"clip_search.register({model._meta.label})"
     if (image is None) == (images is None):
@@ -464,8 +479,12 @@ def build_registration(model: type[models.Model], *, image: Any, images: Any, te
     if len(text) > len(TEXT_WEIGHTS):
         raise RegistrationError(f"{where}: at most {len(TEXT_WEIGHTS)} text fields (PostgreSQL has four "
                                 "full-text weights); join the rest in a callable.")
-    for path in (*text, *keywords):
-        resolve_path(model, path)
+    for source in (*text, *keywords):
+        if isinstance(source, str):
+            resolve_path(model, source)
+        elif not callable(source):
+            raise RegistrationError(f"{where}: a text or keyword source must be a field path or a callable, "
+                                    f"not {source!r}.")
     spec = image if image is not None else images
     paths = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else []
     if callable(spec):

@@ -134,3 +134,20 @@ def test_related_callables_and_paths_map_a_row_to_the_products_it_feeds():
         assert registration.source_images(Category(name="c"))[0].identity.startswith("sha256:")
     finally:
         registry.unregister(Category)
+
+
+def test_text_and_keywords_may_come_from_callables():
+    registry = Registry()
+    registration = registry.register(
+        Category, image=lambda obj: None, text=["name", lambda c: [f"{c.slug} room", None, ""]],
+        keywords=[lambda c: ("SKU-1", "SKU-2"), "slug"])
+    try:
+        category = Category(name="Mugs", slug="mugs")
+        assert registration.text_parts(category) == [("A", "Mugs"), ("B", "mugs room")]
+        assert registration.keyword_values(category) == ["SKU-1", "SKU-2", "mugs"]
+        assert registration.read_roots() is None  # a callable may read anything
+        assert registration.paths() == ["name", "slug"]
+    finally:
+        registry.unregister(Category)
+    with pytest.raises(RegistrationError, match="field path or a callable"):
+        Registry().register(Category, image="x", text=[42])
