@@ -517,6 +517,28 @@ class ClipSearchAdminMixin:
         return TemplateResponse(request, "admin/clip_search/explain.html", context)
 
 
+def extend_admin(model: type[models.Model] | str, site: admin.AdminSite = admin.site,
+                 mixin: type = ClipSearchAdminMixin) -> type[admin.ModelAdmin]:
+    """Put ``mixin`` in front of the ModelAdmin another app registered for ``model``, on ``site``.
+
+    For an admin you do not own (Oscar's ``ProductAdmin``): its options, inlines and actions stay
+    as they are, and the class is replaced by a subclass with the mixin first. Call it from an
+    ``admin.py`` of yours (INSTALLED_APPS after the app that registers the admin) or from ready().
+    Registers a plain ``ModelAdmin`` with the mixin when nothing was registered; idempotent.
+    """
+    from django.apps import apps
+
+    model = apps.get_model(model) if isinstance(model, str) else model
+    current = type(site._registry[model]) if site.is_registered(model) else admin.ModelAdmin
+    if issubclass(current, mixin):
+        return current
+    extended = type(f"ClipSearch{current.__name__}", (mixin, current), {"__module__": current.__module__})
+    if site.is_registered(model):
+        site.unregister(model)
+    site.register(model, extended)
+    return extended
+
+
 # --------------------------------------------------------------------------- the review queue
 
 

@@ -104,7 +104,10 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         roots = registration.read_roots()
         if update_fields is not None and roots is not None and not roots & set(update_fields):
             return
-        self.changed(registration, [instance.pk], uploaded=getattr(instance, UPLOAD_FLAG, False))
+        # Callables may read rows the shop writes after this signal (Oscar saves a product's
+        # attribute values right after it): the save is queued whatever the digest says now.
+        self.changed(registration, [instance.pk], uploaded=getattr(instance, UPLOAD_FLAG, False),
+                     always=roots is None)
 
     def handle_delete(self, sender, instance, **kwargs):
         from clip_search.indexing import remove_object
@@ -132,8 +135,10 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         if pks:
             _enqueue_on_commit(registration, pks)
 
-    def changed(self, registration: Registration, pks: list[Any], *, uploaded: bool = False) -> None:
-        """Enqueue the objects whose sources differ from their rows; hide those with a new image."""
+    def changed(self, registration: Registration, pks: list[Any], *, uploaded: bool = False,
+                always: bool = False) -> None:
+        """Enqueue the objects whose sources differ from their rows (all of them: ``always``);
+        hide those with a new image."""
         from clip_search.rows import hide_until_scored
         from clip_search.verify import compare
 
@@ -145,7 +150,7 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
             unscored = list(pks) if uploaded else [pk for pk, found in drift.items() if found.new_images]
         if unscored:  # in the shop's transaction (module docstring)
             hide_until_scored(registration.model, unscored)
-        todo = list(dict.fromkeys([*drifted, *unscored]))
+        todo = list(dict.fromkeys([*(pks if always else drifted), *unscored]))
         if todo:
             _enqueue_on_commit(registration, todo)
 

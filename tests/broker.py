@@ -1,6 +1,7 @@
 """Real Celery workers and Redis brokers for tests: subprocesses, never eager mode.
 
-A worker is ``celery -A shop_demo worker`` in its own process, pointed at the test database
+A worker is ``celery -A <project> worker`` in its own process (the demo shop, or the Oscar test
+project), pointed at the test database
 (``DATABASE_URL``), the test's media folder and a queue of its own, exactly as a shop runs it.
 """
 
@@ -52,10 +53,17 @@ def unique_queue() -> str:
 
 def process_env(*, broker_url: str, queue: str, media_root: Path, **extra: str) -> dict[str, str]:
     return {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "shop_demo.settings", "DATABASE_URL": database_url(),
+        **os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+        "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": broker_url, "CLIP_SEARCH_QUEUE": queue, "DJANGO_MEDIA_ROOT": str(media_root),
         "PYTHONPATH": str(ROOT), **extra,
     }
+
+
+def celery_app() -> str:
+    """The project's Celery app module: the demo shop's, or the Oscar test project's (the
+    environment says which; ``settings.SETTINGS_MODULE`` is None under override_settings)."""
+    return os.environ["DJANGO_SETTINGS_MODULE"].rsplit(".", 1)[0]
 
 
 class Worker:
@@ -69,7 +77,8 @@ class Worker:
     def start(self, ready_timeout: float = 90) -> Worker:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "-Q", self.env["CLIP_SEARCH_QUEUE"],
+            [sys.executable, "-m", "celery", "-A", celery_app(), "worker",
+             "-Q", self.env["CLIP_SEARCH_QUEUE"],
              "-P", "solo", "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info",
              "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -127,7 +136,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 @contextlib.contextmanager
 def producer(broker_url: str) -> Iterator[None]:
     """Point this process's Celery app (the one the signal processor publishes with) at a broker."""
-    from shop_demo.celery import app
+    import importlib
+
+    app = importlib.import_module(f"{celery_app()}.celery").app
 
     def reset_pools() -> None:
         from kombu import pools

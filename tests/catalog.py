@@ -13,7 +13,7 @@ from django.test import override_settings
 from shop_demo.catalog.loading import create_catalog, create_product
 
 __all__ = ["create_catalog", "create_product", "embedded_catalog", "encoder_weights_deleted", "imported",
-           "add_image", "Pictures", "quarantine", "set_status", "signals_off", "vector_of"]
+           "add_image", "quarantine", "set_status", "signals_off", "vector_of"]
 
 
 @contextlib.contextmanager
@@ -131,25 +131,3 @@ def add_image(product, data: bytes, order: int = 0, name: str = "gallery.png"):
     row.image.save(name, ContentFile(data), save=False)
     row.save()
     return row
-
-
-class Pictures:
-    """Drawn pictures the demo model is known to pass (``safe``) or flag (``knife``) with the
-    demo's moderation settings: a test of the quarantine never rests on a knife the model
-    happens to miss (it flags 97-100 % of them; test_demo_model holds it to that)."""
-
-    def __init__(self, clip, count: int = 8, seed: int = 515) -> None:
-        import numpy as np
-
-        from clip_search.encoders import ImageEncoder, TextEncoder
-        from clip_search.moderation import Moderator
-        from shop_demo.catalog.generator import generate_catalog
-
-        specs = generate_catalog(40 * count, seed=seed)
-        data = [spec.png_bytes(64) for spec in specs]
-        vectors = np.stack([r.vector for r in ImageEncoder(clip).encode_bytes(data)])
-        verdicts = Moderator(TextEncoder(clip), clip.logit_scale).judge(vectors)
-        judged = list(zip(specs, data, verdicts, strict=True))
-        self.safe = [d for spec, d, verdict in judged if not spec.is_unsafe and not verdict.is_flagged]
-        self.knife = [d for spec, d, verdict in judged if spec.is_unsafe and verdict.is_flagged]
-        assert len(self.safe) >= count and len(self.knife) >= 2, (len(self.safe), len(self.knife))

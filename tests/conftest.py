@@ -4,6 +4,11 @@ import pytest
 
 REQUIRE_ALL = os.environ.get("CLIP_SEARCH_REQUIRE_ALL") == "1"
 
+# tests/oscar runs in a pytest session of its own, with the Oscar test project's settings
+# (scripts/test.sh runs both): Oscar's apps and the demo shop's cannot share one settings module.
+OSCAR_SETTINGS = "tests.oscar_shop.settings"
+collect_ignore = [] if os.environ.get("DJANGO_SETTINGS_MODULE") == OSCAR_SETTINGS else ["oscar", "oscar_shop"]
+
 
 def require(condition: bool, reason: str) -> None:
     """Skip when a service or tool is missing here; under CI (CLIP_SEARCH_REQUIRE_ALL=1) fail."""
@@ -32,8 +37,8 @@ def demo_clip(demo_model_dir):
 
 @pytest.fixture(scope="session")
 def pictures(demo_clip):
-    """Pictures the demo model passes (``.safe``) and flags (``.knife``): tests/catalog.Pictures."""
-    from tests.catalog import Pictures
+    """Pictures the demo model passes (``.safe``) and flags (``.knife``): tests/pictures.Pictures."""
+    from tests.pictures import Pictures
 
     return Pictures(demo_clip)
 

@@ -48,7 +48,7 @@ SHOWN = (Status.INDEXED, Status.NO_IMAGE)
 
 
 class Interleavings(RuleBasedStateMachine):
-    pictures = None  # set by the test: tests/catalog.Pictures
+    pictures = None  # set by the test: tests/pictures.Pictures
     clip = None
 
     @initialize()

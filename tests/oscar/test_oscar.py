@@ -1,0 +1,114 @@
+"""clip_search in a real django-oscar 4.2 shop (tests/oscar_shop): Oscar's own dashboard views,
+its admin, its models; the registration ``clip_search.contrib.oscar`` makes."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from clip_search.models import Embedding
+from clip_search.registry import registry
+from clip_search.search import search
+from tests.broker import producer, wait_for
+from tests.oscar.conftest import Product, StockRecord, dashboard_form, embed, oscar_product, upload
+
+Status = Embedding.Status
+
+
+def found(queryset, **query) -> list[int]:
+    return [p.pk for p in search(queryset, **query)]
+
+
+def test_the_registration_reads_oscar_the_way_oscar_shows_it(shop, pictures):
+    parent = oscar_product(shop, "Polo", pictures.safe[:2], "POLO-P", structure="parent")
+    child = oscar_product(shop, "", [], "POLO-RED", structure="child", parent=parent, product_class=None,
+                          upc="5012345678900")
+    child.attr.colour = shop["options"]["Red"]
+    child.attr.save()
+    registration = registry.get(Product)
+    fetched = {product.pk: product for product in registration.fetch([parent.pk, child.pk])}
+    parent, child = fetched[parent.pk], fetched[child.pk]
+    # A variant without pictures has its parent's, and its parent's title.
+    parent_pictures = [image.original.name for image in parent.images.all()]
+    assert [image.name for image in registration.source_images(child)] == parent_pictures
+    assert registration.text_parts(child)[:2] == [("A", "Polo"), ("B", "Red")]
+    # The parent listing carries its variants' identifiers: a variant's SKU finds what Oscar lists.
+    assert set(registration.keyword_values(parent)) == {"POLO-P", "POLO-RED", "5012345678900"}
+    embed(parent, child)
+    browsable = registration.get_queryset()
+    assert found(browsable, text="POLO-RED") == [parent.pk]
+    assert child.pk not in found(browsable, text="Polo")  # variants are not listed, as in Oscar
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_product_made_in_oscars_dashboard_is_indexed_with_its_image_and_re_embedded_when_replaced(
+        shop, pictures, redis_url, start_worker):
+    client = Client()
+    client.force_login(shop["staff"])
+    with producer(redis_url):
+        worker = start_worker(redis_url)
+        form = dashboard_form(shop, **{"images-TOTAL_FORMS": "1", "images-0-display_order": "0",
+                                       "images-0-original": upload(pictures.safe[0], "a.png")})
+        response = client.post("/dashboard/catalogue/products/create/t-shirt/", form)
+        assert response.status_code == 302, response.content[:2000]
+        product = Product.objects.get(title="Plain shirt")
+        # The product, its attribute values, image and stock record commit together
+        # (ATOMIC_REQUESTS), then the task runs: indexed with all of them, no race.
+        wait_for(lambda: getattr(product.clip_embedding, "status", None) == Status.INDEXED, 60,
+                 f"the worker\n{worker.log()}")
+        row = product.clip_embedding
+        assert [i.name for i in row.images.all()] == [product.images.get().original.name]
+        assert "nordhaus" in row.keyword_tokens and "nh-shirt-1" in row.keyword_tokens
+        assert "cotton" in row.search_document and "red" in row.search_document
+
+        image = product.images.get()
+        form = dashboard_form(shop, **{
+            "images-TOTAL_FORMS": "2", "images-INITIAL_FORMS": "1",
+            "images-0-id": str(image.pk), "images-0-product": str(product.pk), "images-0-DELETE": "on",
+            "images-0-display_order": "0",
+            "images-1-original": upload(pictures.knife[0], "b.png"), "images-1-display_order": "1",
+            "productcategory_set-INITIAL_FORMS": "1",
+            "productcategory_set-0-id": str(product.productcategory_set.get().pk),
+            "productcategory_set-0-product": str(product.pk),
+            "stockrecords-INITIAL_FORMS": "1", "stockrecords-0-id": str(product.stockrecords.get().pk),
+            "stockrecords-0-product": str(product.pk)})
+        response = client.post(f"/dashboard/catalogue/products/{product.pk}/", form)
+        assert response.status_code == 302, response.content[:2000]
+        new = product.images.get()
+        wait_for(lambda: list(product.clip_embedding.images.values_list("name", flat=True))
+                 == [new.original.name] and product.clip_embedding.status != Status.PENDING, 60,
+                 f"the replaced image\n{worker.log()}")
+    assert product.clip_embedding.status == Status.FLAGGED  # the new picture is a knife
+
+
+def test_a_stock_record_of_a_variant_re_queues_its_parent(shop, pictures, settings):
+    from clip_search.signals import get_processor
+
+    parent = oscar_product(shop, "Polo", pictures.safe[:1], "POLO-P", structure="parent")
+    child = oscar_product(shop, "", [], "POLO-BLUE", structure="child", parent=parent, product_class=None)
+    embed(parent, child)
+    watchers = {w.model: w for w in registry.get(Product).watchers()}
+    record = StockRecord(product=child, partner=shop["partner"], partner_sku="POLO-BLUE-XL", price="1")
+    assert set(watchers[StockRecord].affected(record)) == {child.pk, parent.pk}
+    assert get_processor() is not None
+
+
+def test_the_admin_changelist_of_oscars_product_admin_runs_hybrid_search(shop, pictures):
+    product = oscar_product(shop, "Striped sailor shirt", pictures.safe[:1], "SAILOR-1")
+    embed(product)
+    client = Client()
+    client.force_login(shop["staff"])
+    response = client.get("/admin/catalogue/product/", {"q": "SAILOR-1"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert product.images.get().original.url in html  # the thumbnail column, from the related image
+    assert "clip-status-indexed" in html and list(response.context["cl"].result_list) == [product]
+
+
+def test_api_results_carry_the_first_pictures_url(shop, pictures):
+    product = oscar_product(shop, "Linen shirt", pictures.safe[:2], "LINEN-1")
+    embed(product)
+    body = APIClient().get("/api/v1/search/", {"q": "LINEN-1"}).json()
+    assert body["results"][0]["pk"] == product.pk
+    assert body["results"][0]["image"].endswith(product.images.order_by("display_order")[0].original.url)
