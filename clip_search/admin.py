@@ -824,13 +824,20 @@ class EmbeddingAdmin(ReadOnlyAdmin):
 
 @admin.register(EncoderModel)
 class EncoderModelAdmin(ReadOnlyAdmin):
-    list_display = ("name", "pretrained", "short_fingerprint", "dimension", "is_active", "embedding_count",
+    list_display = ("name", "weights", "short_fingerprint", "dimension", "is_active", "embedding_count",
                     "activated_at", "created_at")
     list_filter = ("is_active",)
     ordering = ("-is_active", "-created_at")
+    exclude = ("pretrained",)  # shown as "weights": what is stored may be a tag that never loaded
+    readonly_fields = ("weights",)
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).annotate(embedding_count=Count("embeddings"))
+
+    @admin.display(description=_("weights"))
+    def weights(self, encoder: EncoderModel) -> str:
+        """Where the weights came from: a local-dir: row may still store a tag that never loaded."""
+        return encoder.weights_label
 
     @admin.display(description=_("fingerprint"))
     def short_fingerprint(self, encoder: EncoderModel) -> str:

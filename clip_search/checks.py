@@ -76,6 +76,27 @@ def check_model_files(app_configs: Any = None, **kwargs: Any) -> list:
     return []
 
 
+@register("clip_search")
+def check_pretrained_applies(app_configs: Any = None, **kwargs: Any) -> list:
+    """A PRETRAINED the shop set next to a MODEL that carries its own weights is ignored: said
+    once here, instead of open_clip warning in every process (the loader drops it)."""
+    from django.conf import settings
+
+    from clip_search.weights import carries_own_weights
+
+    user = getattr(settings, "CLIP_SEARCH", None) or {}
+    model, pretrained = user.get("MODEL"), user.get("PRETRAINED")
+    if not (isinstance(model, str) and isinstance(pretrained, str) and pretrained
+            and carries_own_weights(model)):
+        return []
+    return [Warning(
+        f"CLIP_SEARCH['PRETRAINED'] = {pretrained!r} is ignored: MODEL {model!r} carries its own "
+        "weights.",
+        hint="Remove PRETRAINED (it applies only to an open_clip model name such as 'ViT-B-32').",
+        id="clip_search.W003",
+    )]
+
+
 def _read_safetensors_headers(paths: list) -> None:
     from safetensors import SafetensorError, safe_open
 

@@ -16,8 +16,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
-    # Encoder: any open_clip model name (or a config registered with encoders.register_config)
-    # and an open_clip pretrained tag, a local checkpoint path, or "hf-hub:org/name".
+    # Encoder: an open_clip model name (or a config registered with encoders.register_config)
+    # with PRETRAINED, an open_clip tag or a local checkpoint file; or a model that carries its
+    # own weights, "local-dir:/path" (what clip_train writes) or "hf-hub:org/name", for which
+    # PRETRAINED does not apply (it is ignored, default included).
     "MODEL": "ViT-B-32",
     "PRETRAINED": "laion2b_s34b_b79k",
     "DEVICE": "cpu",

@@ -108,16 +108,34 @@ def register_encoder(spec: EncoderSpec | None = None, activate_if_none: bool = T
     """
     spec = spec or EncoderSpec.from_settings()
     clip = get_clip(spec, towers="both")
-    encoder, _ = EncoderModel.objects.get_or_create(
-        name=spec.model, pretrained=spec.pretrained, fingerprint=clip.fingerprint,
-        defaults={"dimension": clip.dimension},
-    )
+    encoder = _encoder_row(spec, clip.fingerprint, clip.dimension)
     sql.ensure_vector_index(encoder.pk, encoder.dimension)
     if activate_if_none and not encoder.is_active:
         with transaction.atomic():
             if not EncoderModel.objects.select_for_update().filter(is_active=True).exists():
                 EncoderModel.objects.filter(pk=encoder.pk).update(is_active=True, activated_at=timezone.now())
                 encoder.refresh_from_db()
+    return encoder
+
+
+def _encoder_row(spec: EncoderSpec, fingerprint: str, dimension: int) -> EncoderModel:
+    """The row of these weights, created if none: same name and fingerprint, and the same
+    ``pretrained`` unless the model carries its own weights.
+
+    Rows of a ``local-dir:`` or ``hf-hub:`` model written before PRETRAINED stopped applying to
+    them hold the settings' tag (``laion2b_s34b_b79k`` by default), which never loaded: they are
+    these very weights, so an upgraded shop keeps its row (and its vectors) instead of getting a
+    second one for the same weights. What they store is left as it is; labels ignore it.
+    """
+    if spec.uses_schema:
+        found = EncoderModel.objects.filter(name=spec.model, fingerprint=fingerprint).order_by(
+            "-is_active", "pk").first()
+        if found is not None:
+            return found
+    encoder, _ = EncoderModel.objects.get_or_create(
+        name=spec.model, pretrained=spec.pretrained, fingerprint=fingerprint,
+        defaults={"dimension": dimension},
+    )
     return encoder
 
 

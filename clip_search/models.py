@@ -13,6 +13,8 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 from pgvector.django import VectorField
 
+from clip_search.weights import weights_label
+
 
 def object_id(model: type[models.Model], pk: Any) -> int | None:
     """The pk as an integer for models with integer primary keys (``Embedding.object_id``)."""
@@ -59,7 +61,13 @@ class EncoderModel(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} / {self.pretrained or 'random'} ({self.fingerprint[:8]})"
+        return f"{self.name} / {self.weights_label} ({self.fingerprint[:8]})"
+
+    @property
+    def weights_label(self) -> str:
+        """Where the weights came from (tag, checkpoint file, folder, hub), never a stored tag
+        that did not load: see clip_search.weights."""
+        return weights_label(self.name, self.pretrained)
 
 
 class EmbeddingQuerySet(models.QuerySet):

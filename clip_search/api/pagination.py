@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.db.models import QuerySet
@@ -86,8 +87,11 @@ class SearchPagination(ApiPagination):
         })
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """A copy of SEARCH_INFO_SCHEMA each time: drf-spectacular's enum hook rewrites the
+        document in place (the ``legs`` enum becomes a ``$ref``), so a shared dict would leave
+        the next document in the process with a reference to a component it no longer has."""
         paginated = super().get_paginated_response_schema(schema)
         results = paginated["properties"].pop("results")
-        paginated["properties"].update(SEARCH_INFO_SCHEMA, results=results)
+        paginated["properties"].update(copy.deepcopy(SEARCH_INFO_SCHEMA), results=results)
         paginated["required"] = ["count", "next", "previous", *SEARCH_INFO_SCHEMA, "results"]
         return paginated

@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import torch
 
+from clip_search.weights import RANDOM, carries_own_weights, weights_label
+
 logger = logging.getLogger(__name__)
 
-RANDOM = "random"
 Towers = Literal["both", "text", "image"]
 
 
@@ -30,13 +31,23 @@ class EncoderLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What to load. Two specs that are equal load the same model."""
+    """What to load. Two specs that are equal load the same model.
+
+    ``pretrained`` is always empty for a ``local-dir:`` or ``hf-hub:`` model: those carry their
+    own weights and open_clip ignores the argument (with a warning in every process that loads
+    one). Dropping it here keeps PRETRAINED's default tag out of the loader's arguments, the
+    encoder's row and its label, and makes a spec from settings equal to one from that row.
+    """
 
     model: str
     pretrained: str = ""
     device: str = "cpu"
     precision: str = "fp32"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained and carries_own_weights(self.model):
+            object.__setattr__(self, "pretrained", "")
 
     @classmethod
     def from_settings(cls) -> EncoderSpec:
@@ -52,7 +63,12 @@ class EncoderSpec:
 
     @property
     def uses_schema(self) -> bool:
-        return self.model.startswith(("local-dir:", "hf-hub:"))
+        return carries_own_weights(self.model)
+
+    @property
+    def weights_label(self) -> str:
+        """Where the weights come from, as ``EncoderModel`` rows of this spec say it."""
+        return weights_label(self.model, self.pretrained)
 
 
 @dataclass
@@ -187,7 +203,7 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
         _drop_text_tower(model)  # an image query in the web process needs no second text tower
     config = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
     logger.info("Loaded CLIP %s (%s), %s-d, fingerprint %s, towers=%s",
-                spec.model, spec.pretrained or "hub", dimension, fingerprint[:12], towers)
+                spec.model, spec.weights_label, dimension, fingerprint[:12], towers)
     return LoadedClip(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer,
                       fingerprint=fingerprint, dimension=dimension, towers=towers, config=config)
 
