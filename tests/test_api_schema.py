@@ -102,7 +102,10 @@ print(json.dumps({
 
 def test_a_shop_on_drfs_defaults_passes_check_deploy_and_serves_the_schema(tmp_path):
     (tmp_path / "drf_default_shop.py").write_text(SHOP_SETTINGS)
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "drf_default_shop",
+    # As a deployed shop runs: without the async-safety escape hatch the browser tests set in
+    # this process (check --deploy rightly reports it).
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {**inherited, "DJANGO_SETTINGS_MODULE": "drf_default_shop",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     done = subprocess.run([sys.executable, "-c", SHOP_PROBE], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)

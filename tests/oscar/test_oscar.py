@@ -112,3 +112,56 @@ def test_api_results_carry_the_first_pictures_url(shop, pictures):
     body = APIClient().get("/api/v1/search/", {"q": "LINEN-1"}).json()
     assert body["results"][0]["pk"] == product.pk
     assert body["results"][0]["image"].endswith(product.images.order_by("display_order")[0].original.url)
+
+
+def catalogue(shop, pictures) -> dict:
+    """Three products, one of another product class (a facet), with prices (another facet)."""
+    from oscar.core.loading import get_model
+
+    book = get_model("catalogue", "ProductClass").objects.create(name="Book", slug="book")
+    products = {
+        "red": oscar_product(shop, "Red linen shirt", pictures.safe[:1], "SHIRT-RED"),
+        "blue": oscar_product(shop, "Blue linen shirt", pictures.safe[1:2], "SHIRT-BLUE"),
+        "book": oscar_product(shop, "Linen shirts: a history", pictures.safe[2:3], "BOOK-1",
+                              product_class=book),
+    }
+    StockRecord.objects.filter(product=products["blue"]).update(price="45.00")
+    embed(*products.values())
+    return products
+
+
+def test_oscars_search_page_shows_hybrid_results_with_its_facets_sorting_and_pagination(shop, pictures):
+    products = catalogue(shop, pictures)
+    client = Client()
+    response = client.get("/search/", {"q": "linen shirt"})
+    assert response.status_code == 200
+    assert "oscar/search/results.html" in [t.name for t in response.templates]
+    page = response.context["page"]
+    assert {item.object.pk for item in page.object_list} == {p.pk for p in products.values()}
+    assert response.context["paginator"].count == 3
+    facets = response.context["facet_data"]
+    assert {r["name"]: r["count"] for r in facets["product_class"]["results"]} == {"T-shirt": 2, "Book": 1}
+    prices = {str(r["name"]): r["count"] for r in facets["price_range"]["results"]}
+    assert prices["0 to 20"] == 2 and prices["40 to 60"] == 1
+    html = response.content.decode()
+    assert "Red linen shirt" in html and "Found <strong>3</strong> results" in html
+
+    narrowed = client.get("/search/", {"q": "linen shirt", "selected_facets": "product_class:Book"})
+    assert [item.object.pk for item in narrowed.context["page"].object_list] == [products["book"].pk]
+    by_price = client.get("/search/", {"q": "linen shirt", "sort_by": "price-desc"})
+    assert by_price.context["page"].object_list[0].object.pk == products["blue"].pk
+    exact = client.get("/search/", {"q": "SHIRT-BLUE"})  # an exact SKU ranks first
+    assert exact.context["page"].object_list[0].object.pk == products["blue"].pk
+
+
+def test_oscars_dashboard_product_list_searches_by_hybrid_search(shop, pictures):
+    products = catalogue(shop, pictures)
+    client = Client()
+    client.force_login(shop["staff"])
+    response = client.get("/dashboard/catalogue/", {"title": "SHIRT-BLUE"})
+    assert response.status_code == 200
+    listed = [row.record.pk for row in response.context["products"].paginated_rows]
+    assert listed[0] == products["blue"].pk
+    plain = client.get("/dashboard/catalogue/")
+    everything = {row.record.pk for row in plain.context["products"].paginated_rows}
+    assert everything == {p.pk for p in products.values()}

@@ -14,8 +14,15 @@ SECRET_KEY = "oscar-test-shop-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
+# Oscar's search page and its dashboard product list on hybrid search: the same apps, with
+# clip_search's configs in place of Oscar's (README "django-oscar").
+SWAPPED = {
+    "oscar.apps.search.apps.SearchConfig": "clip_search.contrib.oscar.configs.SearchConfig",
+    "oscar.apps.dashboard.catalogue.apps.CatalogueDashboardConfig":
+        "clip_search.contrib.oscar.configs.CatalogueDashboardConfig",
+}
 INSTALLED_APPS = [
-    *OSCAR_APPS,
+    *(SWAPPED.get(app, app) for app in OSCAR_APPS),
     "sorl.thumbnail",  # Oscar's default thumbnailer
     # clip_search, as README "django-oscar" says: after Oscar's apps.
     "django.contrib.postgres",
