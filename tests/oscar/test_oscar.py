@@ -165,3 +165,15 @@ def test_oscars_dashboard_product_list_searches_by_hybrid_search(shop, pictures)
     plain = client.get("/dashboard/catalogue/")
     everything = {row.record.pk for row in plain.context["products"].paginated_rows}
     assert everything == {p.pk for p in products.values()}
+
+
+def test_search_by_picture_on_oscars_storefront(shop, pictures):
+    products = catalogue(shop, pictures)
+    client = Client()
+    assert client.get("/search/image/").status_code == 200
+    response = client.post("/search/image/", {"image": upload(pictures.safe[1], "query.png")})
+    assert response.status_code == 200 and "oscar/layout_2_col.html" in [t.name for t in response.templates]
+    assert response.context["products"][0].pk == products["blue"].pk  # its own picture
+    assert "Blue linen shirt" in response.content.decode()
+    refused = client.post("/search/image/", {"image": upload(b"<html>no</html>", "page.png")})
+    assert refused.status_code == 200 and refused.context["form"].errors["image"]

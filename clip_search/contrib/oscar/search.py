@@ -11,22 +11,30 @@ sorting, facets and pagination stay as they are:
   haystack result set (items with ``.object``, length, slices, ``facet_counts()``), built from
   the ranked products; facet values and prices come from Oscar's own ``ProductIndex``, so
   they are what Oscar's haystack index would hold.
+- ``ImageSearchView`` (``/search/image/``) searches by an uploaded picture, in Oscar's layout.
 - ``HybridProductListView`` runs the dashboard's title search through hybrid search over the
   products the staff member may see (quarantined ones included, as in the admin).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
 
+from django import forms
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.views.generic import FormView
 from oscar.core.loading import get_class
 
+from clip_search.imaging import ImageRejected
 from clip_search.registry import registry
 from clip_search.search import search
+
+logger = logging.getLogger(__name__)
 
 LABEL = "catalogue.product"
 
@@ -169,3 +177,32 @@ class HybridProductListView(get_class("dashboard.catalogue.views", "ProductListV
         if getattr(self, "_clip_search", None):
             kwargs.setdefault("order_by", ())  # keep the fused order; a column click still sorts
         return super().get_table(**kwargs)
+
+
+class PictureForm(forms.Form):
+    # A FileField: clip_search's own decoder judges the bytes and says why a file is refused.
+    image = forms.FileField(label=_("Picture"), widget=forms.ClearableFileInput(attrs={"accept": "image/*"}))
+    q = forms.CharField(label=_("With words"), required=False, max_length=200)
+
+
+class ImageSearchView(FormView):
+    """Search the storefront by an uploaded picture (optionally with words), in Oscar's layout
+    and product cards; a refused file is a form error, a missing encoder a message."""
+
+    template_name = "clip_search/oscar/image_search.html"
+    form_class = PictureForm
+    limit = 24
+
+    def form_valid(self, form: PictureForm):
+        registration = registry.get(LABEL)
+        try:
+            products = list(search(registration.get_queryset(), image=form.cleaned_data["image"],
+                                   text=form.cleaned_data["q"] or None, limit=self.limit))
+        except ImageRejected as error:
+            form.add_error("image", error.message)
+            return self.form_invalid(form)
+        except Exception:  # the image encoder cannot be loaded: say so, never a 500
+            logger.exception("clip_search: image search failed")
+            form.add_error(None, _("Search by picture is unavailable right now; please search by words."))
+            return self.form_invalid(form)
+        return self.render_to_response(self.get_context_data(form=form, products=products, searched=True))
