@@ -162,6 +162,10 @@ def test_oscars_dashboard_product_list_searches_by_hybrid_search(shop, pictures)
     assert response.status_code == 200
     listed = [row.record.pk for row in response.context["products"].paginated_rows]
     assert listed[0] == products["blue"].pk
+    words = client.get("/dashboard/catalogue/", {"title": "history"})  # a filter: only what matches
+    assert [row.record.pk for row in words.context["products"].paginated_rows] == [products["book"].pk]
+    nothing = client.get("/dashboard/catalogue/", {"title": "xyzzyqq"})
+    assert list(nothing.context["products"].paginated_rows) == []
     plain = client.get("/dashboard/catalogue/")
     everything = {row.record.pk for row in plain.context["products"].paginated_rows}
     assert everything == {p.pk for p in products.values()}

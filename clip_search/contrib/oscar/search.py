@@ -12,8 +12,9 @@ sorting, facets and pagination stay as they are:
   the ranked products; facet values and prices come from Oscar's own ``ProductIndex``, so
   they are what Oscar's haystack index would hold.
 - ``ImageSearchView`` (``/search/image/``) searches by an uploaded picture, in Oscar's layout.
-- ``HybridProductListView`` runs the dashboard's title search through hybrid search over the
-  products the staff member may see (quarantined ones included, as in the admin).
+- ``HybridProductListView`` runs the dashboard's title box through hybrid search over the
+  products the staff member may see (quarantined ones included, as in the admin), and lists
+  what the words match, best first: it stays a filter.
 """
 
 from __future__ import annotations
@@ -170,7 +171,13 @@ class HybridProductListView(get_class("dashboard.catalogue.views", "ProductListV
             return super().apply_search(queryset)  # the UPC search and the rest, as Oscar does
         cached = getattr(self, "_clip_search", None)  # Oscar calls this twice per request
         if cached is None or cached[0] != title:
-            cached = self._clip_search = (title, search(queryset, text=title, include_quarantined=True))
+            # A filter, as Oscar's title box was: staff select all and act on what it lists, so it
+            # lists what the words match (full text, SKU, brand, typos included), best first,
+            # not the nearest pictures of anything.
+            results = search(queryset, text=title, include_quarantined=True)
+            words = models.Q(fulltext_rank__isnull=False) | models.Q(keyword_rank__isnull=False)
+            matched = results.filter(words)
+            cached = self._clip_search = (title, matched)
         return cached[1]
 
     def get_table(self, **kwargs):
