@@ -181,3 +181,14 @@ def test_search_by_picture_on_oscars_storefront(shop, pictures):
     assert "Blue linen shirt" in response.content.decode()
     refused = client.post("/search/image/", {"image": upload(b"<html>no</html>", "page.png")})
     assert refused.status_code == 200 and refused.context["form"].errors["image"]
+
+
+def test_the_api_schema_and_docs_answer_in_a_shop_on_drfs_default_schema_class(shop):
+    from django.conf import settings
+
+    assert "DEFAULT_SCHEMA_CLASS" not in settings.REST_FRAMEWORK  # this shop never set it
+    client = APIClient()
+    schema = client.get("/api/v1/schema/", {"format": "json"})
+    assert schema.status_code == 200 and "/api/v1/search/" in schema.json()["paths"]
+    docs = client.get("/api/v1/docs/")
+    assert docs.status_code == 200 and b"swagger-ui" in docs.content
