@@ -228,7 +228,11 @@ class Registration:
         return images[0].read() if images else None
 
     def image_url(self, obj: models.Model) -> str | None:
-        """The first image's URL (thumbnails, the API's ``image``); None for bytes."""
+        """The URL to show the object's picture at (admin thumbnails, the API's ``image``):
+        ``register(..., image_url=callable)`` when given (images a callable gives as bytes have
+        no URL of their own), else the first image's file URL, else None."""
+        if "image_url" in self.extra:
+            return self.extra["image_url"](obj)
         for image in self.source_images(obj):
             return image.url
         return None
@@ -404,8 +408,10 @@ class Registry:
         one or more paths (``"gallery__image"`` follows a reverse foreign key: every image, in
         the related model's ordering) or a callable returning the images in display order.
         ``related=`` maps another model to the registered objects its rows affect: a path from
-        its rows (``"product"``) or a callable. String models are resolved once the app
-        registry is ready, so a shop can register a third-party model before importing it.
+        its rows (``"product"``) or a callable. ``image_url=`` (a callable) gives the URL to show
+        an object's picture at, where its images have none (bytes from a callable). String
+        models are resolved once the app registry is ready, so a shop can register a
+        third-party model before importing it.
         """
         options = dict(image=image, images=images, text=tuple(text), keywords=tuple(keywords),
                        queryset=queryset, related=dict(related or {}), extra=extra)

@@ -151,3 +151,19 @@ def test_text_and_keywords_may_come_from_callables():
         registry.unregister(Category)
     with pytest.raises(RegistrationError, match="field path or a callable"):
         Registry().register(Category, image="x", text=[42])
+
+
+
+def test_image_url_comes_from_the_registration_for_images_given_as_bytes():
+    registry = Registry()
+    registration = registry.register(Category, images=lambda c: [b"\x89PNG"], text=["name"])
+    try:
+        assert registration.image_url(Category(name="c", slug="s")) is None  # bytes have no URL
+    finally:
+        registry.unregister(Category)
+    registration = registry.register(Category, images=lambda c: [b"\x89PNG"], text=["name"],
+                                     image_url=lambda c: f"https://cdn.example.com/{c.slug}.jpg")
+    try:
+        assert registration.image_url(Category(name="c", slug="s")) == "https://cdn.example.com/s.jpg"
+    finally:
+        registry.unregister(Category)
