@@ -707,6 +707,9 @@ class Precomputed:
 
         return np.stack([self.vectors[text] for text in texts])
 
+    def encode_query(self, text):
+        return self.vectors[text]
+
     def cache_clear(self) -> None:
         pass
 

@@ -215,7 +215,7 @@ def _text_vector(text: str, encoder: EncoderModel) -> np.ndarray:
     text_encoder = get_text_encoder(spec_for(encoder))
     if text_encoder.clip.fingerprint != encoder.fingerprint:
         raise RuntimeError(f"the weights of {encoder.name!r} changed since they were indexed")
-    return text_encoder.encode([text])[0]
+    return text_encoder.encode_query(text)  # the process's LRU (TEXT_ENCODER["CACHE_SIZE"])
 
 
 def _image_vector(image: bytes | IO[bytes], encoder: EncoderModel) -> np.ndarray:

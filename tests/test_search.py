@@ -239,3 +239,22 @@ def test_hybrid_beats_every_single_leg_on_brand_plus_visual_queries(searchable, 
               ", ".join(f"{name} {value:.3f}" for name, value in means.items()))
     for leg in ("vector", "fulltext", "keyword"):
         assert means["fused"] > means[leg], means
+
+
+def test_a_repeated_query_is_answered_from_the_query_cache(searchable, caplog, monkeypatch):
+    from clip_search import encoders
+    from clip_search.encoders import text as text_module
+    from clip_search.indexing import spec_for
+
+    encoders.reset()
+    text_encoder = encoders.get_text_encoder(spec_for(EncoderModel.objects.get(is_active=True)))
+    forwards = []
+    real_encode = text_encoder.encode
+    monkeypatch.setattr(text_encoder, "encode", lambda texts: forwards.append(texts) or real_encode(texts))
+    monkeypatch.setattr(text_module, "CACHE_LOG_EVERY", 2)
+    first = pks(search(Product.objects.all(), text="red coffee mug"))
+    with caplog.at_level("INFO", logger="clip_search"):
+        again = pks(search(Product.objects.all(), text="  Red COFFEE   mug "))  # same words
+    assert again == first and len(forwards) == 1  # the encoder ran once
+    assert text_encoder.cache_info()[:2] == (1, 1)
+    assert "query cache: 50 % hits over 2 queries" in caplog.text
