@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
-from django.utils import timezone
 
 from clip_search import rows
 from clip_search.conf import clip_settings
@@ -43,14 +41,12 @@ class Drift:
 
 
 def compare(registration: Registration, objects: Sequence[models.Model], encoder: EncoderModel | None = None,
-            *, sizes: bool = False, unfinished: bool = True,
-            pending_after: timedelta | None = None) -> dict[Any, Drift]:
+            *, sizes: bool = False, unfinished: bool = True) -> dict[Any, Drift]:
     """Each object's drift from its row for ``encoder`` (the active one by default).
 
     ``sizes`` also asks the storage for each image's size (a stat; a HEAD on object storage):
-    the verify pass does, the save handler does not. ``pending_after``: a pending row counts
-    as unfinished only once it is this old (its message is then presumed lost); with
-    ``unfinished=False`` unfinished rows are not reported at all (the sweep queues them apart).
+    the verify pass does, the save handler does not. With ``unfinished=False`` unfinished rows
+    are not reported at all (the sweep queues them apart, once they are old enough).
     """
     from clip_search.indexing import active_encoder
 
@@ -79,7 +75,7 @@ def compare(registration: Registration, objects: Sequence[models.Model], encoder
                              for image in images)
         drift[obj.pk] = Drift(
             sources=row.source_digest != registration.source_digest(obj, images),
-            new_images=new_images, unfinished=unfinished and _unfinished(row, pending_after))
+            new_images=new_images, unfinished=unfinished and _unfinished(row))
     return drift
 
 
@@ -90,12 +86,10 @@ def _size(image) -> int | None:
         return None
 
 
-def _unfinished(row: Embedding, pending_after: timedelta | None) -> bool:
-    if row.stale or row.reembed:
-        return True
-    if row.status == Status.PENDING:
-        return pending_after is None or row.updated_at <= timezone.now() - pending_after
-    return row.status == Status.ERROR and row.attempts < clip_settings.MAX_RETRIES
+def _unfinished(row: Embedding) -> bool:
+    """``needs_work()``, for a row already read."""
+    return (row.stale or row.reembed or row.status == Status.PENDING
+            or (row.status == Status.ERROR and row.attempts < clip_settings.MAX_RETRIES))
 
 
 @dataclass
