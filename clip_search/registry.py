@@ -107,17 +107,8 @@ class ImagePath:
         return "__".join(self.parts[:-1])
 
     def values(self, obj: models.Model) -> list[Any]:
-        current: list[Any] = [obj]
-        for i, part in enumerate(self.parts):
-            following: list[Any] = []
-            for value in current:
-                value = _attribute(value, part)
-                if i == self.many_at and value is not None:
-                    following.extend(value.all())  # the prefetch cache when iter_objects filled it
-                elif value is not None:
-                    following.append(value)
-            current = following
-        return current
+        """The file fields at the end of the path (the prefetch cache when ``fetch`` filled it)."""
+        return list(_follow(obj, list(self.parts)))
 
 
 def resolve_path(model: type[models.Model], path: str, *, allow_many: bool = False
