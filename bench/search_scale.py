@@ -757,7 +757,7 @@ def text_keys(on: bool):
     if not on:
         yield
         return
-    with mock.patch("clip_search.search.object_id", return_value=None):
+    with mock.patch("clip_search.search.integer_pk", return_value=False):
         yield
 
 

@@ -16,12 +16,15 @@ from pgvector.django import VectorField
 from clip_search.weights import weights_label
 
 
+def integer_pk(model: type[models.Model]) -> bool:
+    """The model's primary key is an integer (a one-to-one parent link: its target's)."""
+    target = model._meta.pk.target_field if model._meta.pk.is_relation else model._meta.pk
+    return target.get_internal_type() in INTEGER_TYPES
+
+
 def object_id(model: type[models.Model], pk: Any) -> int | None:
     """The pk as an integer for models with integer primary keys (``Embedding.object_id``)."""
-    target = model._meta.pk.target_field if model._meta.pk.is_relation else model._meta.pk
-    if target.get_internal_type() in INTEGER_TYPES:
-        return int(pk)
-    return None
+    return int(pk) if integer_pk(model) else None
 
 
 INTEGER_TYPES = {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",

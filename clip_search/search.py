@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy as _
 from clip_search import sql
 from clip_search.conf import clip_settings
 from clip_search.expressions import ValueAt
-from clip_search.models import Embedding, EncoderModel, ImageEmbedding, object_id
+from clip_search.models import Embedding, EncoderModel, ImageEmbedding, integer_pk
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def search(
         content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
         encoder_id=encoder.pk, dimension=encoder.dimension,
         base=_base(queryset), pk_type=model._meta.pk.cast_db_type(connections[queryset.db]),
-        integer_pk=object_id(model, 0) is not None, images_per_object=encoder.max_images,
+        integer_pk=integer_pk(model), images_per_object=encoder.max_images,
         exclude_pk=exclude_pk, vector=vector, text=info.query,
         exact_tokens=exact_tokens(info.query), vector_statuses=vector_statuses,
         text_statuses=text_statuses, depth=depth, weights=weights, rrf_k=options["RRF_K"],
