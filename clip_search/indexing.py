@@ -157,10 +157,12 @@ def document_fields(registration: Registration, obj: models.Model) -> dict:
     document = vectors[0] if vectors else None
     for vector in vectors[1:]:
         document = document + vector
-    keyword_values = [str(v).strip().lower() for v in registration.keyword_values(obj)]
+    # Read once: a callable source may query the database (Oscar's stock records, attributes).
+    values = registration.keyword_values(obj)
+    keyword_values = [str(v).strip().lower() for v in values]
     return {
         "search_document": document,
-        "keywords": registration.keyword_text(obj).lower(),
+        "keywords": " ".join(values).lower(),  # Registration.keyword_text, from the same read
         "keyword_tokens": [v[:200] for v in keyword_values if v],
     }
 
@@ -365,10 +367,10 @@ def _write(registration: Registration, encoder: EncoderModel, content_type: Cont
         image.product_status = status
         # A reused vector is not written again: rewriting it would add an HNSW index entry.
         image.save(update_fields=None if image.pk is None or image.pk in fresh else unchanged_vector)
-    errors = [f"image {image.position + 1}: {image.error}" for image in kept if image.error]
+    errors = image_errors(kept)
     document = document_fields(registration, current[0])
     search_document = document.pop("search_document")
-    fields = dict(status=status, error="; ".join(errors), stale=False, reembed=False,
+    fields = dict(status=status, error=errors, stale=False, reembed=False,
                   source_digest=planned.digest, **document)
     if errors:
         fields["attempts"] = models.F("attempts") + 1
@@ -402,6 +404,11 @@ def _review(registration: Registration, row: Embedding, images: list[ImageEmbedd
                 sender=registration.model, object_pk=r.object_pk, embedding=r, item=i, scores=v.scores))
 
 
+def image_errors(images: Sequence[PlannedImage | ImageEmbedding]) -> str:
+    """Why images failed, each named by its place: the row's ``error`` and the summary's."""
+    return "; ".join(f"image {image.position + 1}: {image.error}" for image in images if image.error)
+
+
 def _over_threshold(image: ImageEmbedding) -> list[str]:
     thresholds = {name: float(c["THRESHOLD"]) for name, c in clip_settings.MODERATION["CATEGORIES"].items()}
     return [name for name, score in image.moderation_scores.items() if score >= thresholds.get(name, 2.0)]
@@ -429,9 +436,9 @@ def embed_objects(registration: Registration, objects: Sequence[models.Model], e
             continue
         outcome = write(registration, encoder, planned)
         summary.counts[OUTCOMES.get(outcome, outcome)] += 1
-        failed = [f"image {image.position + 1}: {image.error}" for image in planned.images if image.error]
-        if outcome == Status.ERROR and failed:
-            summary.errors[planned.pk] = "; ".join(failed)
+        errors = image_errors(planned.images) if outcome == Status.ERROR else ""
+        if errors:
+            summary.errors[planned.pk] = errors
     return summary
 
 
