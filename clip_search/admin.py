@@ -93,11 +93,6 @@ def status_annotation(model: type[models.Model]) -> Subquery | Value:
     return Subquery(rows.values(row=row)[:1], output_field=JSONField())
 
 
-def image_url(registration: Registration, obj: models.Model) -> str | None:
-    """The URL of the product's first image; None without one (or for bytes from a callable)."""
-    return registration.image_url(obj)
-
-
 def thumbnail(url: str | None, alt: str, size: int = 48) -> SafeString | str:
     if not url:
         return "—"
@@ -361,7 +356,7 @@ class ClipSearchAdminMixin:
 
     @admin.display(description=_("image"))
     def clip_thumbnail(self, obj: models.Model) -> SafeString | str:
-        return thumbnail(image_url(self.clip_registration, obj), str(obj), 40)
+        return thumbnail(self.clip_registration.image_url(obj), str(obj), 40)
 
     @admin.display(description=_("embedding"))
     def clip_status(self, obj: models.Model) -> SafeString:
@@ -443,7 +438,7 @@ class ClipSearchAdminMixin:
             row = getattr(obj, STATUS_ANNOTATION) or {}
             rows.append({
                 "obj": obj, "rank": obj.search_rank, "hit": hits.get(str(obj.pk)),
-                "thumbnail": thumbnail(image_url(self.clip_registration, obj), str(obj), 64),
+                "thumbnail": thumbnail(self.clip_registration.image_url(obj), str(obj), 64),
                 "status": status_badge(row.get("status"), row.get("error") or "", bool(row.get("stale"))),
                 "change_url": self._clip_url("change", obj.pk),
                 "similar_url": self._clip_url("clip_similar", obj.pk),
@@ -480,7 +475,7 @@ class ClipSearchAdminMixin:
             return self._clip_missing(request, object_id)
         context = self._clip_context(
             request, _("Similar to %(product)s") % {"product": obj}, product=obj, searched=False,
-            product_thumbnail=thumbnail(image_url(self.clip_registration, obj), str(obj), 128),
+            product_thumbnail=thumbnail(self.clip_registration.image_url(obj), str(obj), 128),
             product_url=self._clip_url("change", obj.pk))
         try:
             results = search(self.get_queryset(request), like=obj, include_quarantined=True,
@@ -500,7 +495,7 @@ class ClipSearchAdminMixin:
         context = self._clip_context(
             request, _("Explain %(product)s") % {"product": obj}, product=obj, form=form,
             product_url=self._clip_url("change", obj.pk),
-            product_thumbnail=thumbnail(image_url(self.clip_registration, obj), str(obj), 128),
+            product_thumbnail=thumbnail(self.clip_registration.image_url(obj), str(obj), 128),
             embedding=Embedding.objects.for_object(obj).active().first())
         if form.is_bound and form.is_valid():
             # Deep enough that anything any leg returned is among the fused hits.
