@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from tests.broker import ROOT, free_port
+from tests.broker import ROOT, free_port, port_open, wait_for
 
 RETRY_AFTER = 3
 
@@ -96,14 +95,8 @@ def gunicorn(folder: Path, database_url: str) -> Iterator[int]:
              "--workers", "1", "--threads", "2", "--bind", f"127.0.0.1:{port}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.2)
+        wait_for(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 120, "gunicorn start")
+        assert process.poll() is None, log_path.read_text()[-3000:]
         yield port
     finally:
         process.terminate()
