@@ -9,7 +9,7 @@ class ClipSearchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from clip_search import checks  # noqa: F401 - registers the system checks
+        from clip_search import checks, synonyms  # noqa: F401 - registers the checks and receivers
         from clip_search.registry import registry
         from clip_search.signals import connect_registration, disconnect_registration
 

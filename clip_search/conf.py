@@ -61,7 +61,9 @@ DEFAULTS: dict[str, Any] = {
     # Search
     "SEARCH": {
         "RRF_K": 60,
-        "LIMIT": 100,  # fused hits returned (pages are cut from these)
+        # Fused hits returned at most (pages are cut from these). Above the legs' depths summed,
+        # so every hit a leg found is reachable; the search says ``capped`` when a leg was full.
+        "LIMIT": 1000,
         "DEPTH": {"vector": 200, "fulltext": 200, "keyword": 200},
         "WEIGHTS": {"vector": 1.0, "fulltext": 1.0, "keyword": 1.0},
         "EF_SEARCH": 100,
@@ -72,7 +74,29 @@ DEFAULTS: dict[str, Any] = {
         # misspelled; a brand merely named in a longer query is the full-text leg's job.
         "TRIGRAM_THRESHOLD": 0.6,
         "TEXT_SEARCH_CONFIG": "english",  # PostgreSQL text search configuration
+        # The vector leg's relevance floor for text queries (clip_search.calibration): "auto"
+        # takes what the active encoder was calibrated to, a number sets it (cosine similarity for
+        # FLOOR, a similarity difference for WINDOW), None turns it off. FLOOR: the similarity a
+        # hit needs when no word of the query matches any product's text or keywords; WINDOW: how
+        # far behind the query's best hit a vector hit may be.
+        "RELEVANCE": {"FLOOR": "auto", "WINDOW": "auto"},
+        # Misspelt words are corrected against the catalog's vocabulary (clip_search.lexicon):
+        # 1 edit from ONE_TYPO letters, 2 from TWO_TYPOS.
+        "TYPOS": {"ENABLED": True, "ONE_TYPO": 5, "TWO_TYPOS": 9},
+        # Seconds a process reuses the synonym sets it read (a save clears its own at once).
+        "SYNONYMS_CACHE_SECONDS": 30,
     },
+    # The vocabulary and suggestions (clip_search.lexicon): the sweep rebuilds them when the
+    # index changed, at most every REFRESH_AFTER seconds.
+    "LEXICON": {"REFRESH_AFTER": 300},
+    # Search-as-you-type: completions per request (default, most), and the kinds offered in an
+    # empty search box.
+    "SUGGEST": {"LIMIT": 8, "MAX_LIMIT": 20, "EMPTY_KINDS": ["category", "brand"]},
+    # How the relevance floor is measured (clip_search.calibration): made-up words and products'
+    # own titles as queries, the quantiles kept, and how much the indexed catalog may grow or
+    # shrink before the sweep calibrates again.
+    "CALIBRATION": {"NOISE_QUERIES": 200, "TITLE_QUERIES": 200, "NOISE_QUANTILE": 0.99,
+                    "TITLE_QUANTILE": 0.9, "RECALIBRATE_AFTER": 0.25},
     "MODERATION": {
         "ENABLED": True,
         "CATEGORIES": {
@@ -162,6 +186,35 @@ def validate(values: dict[str, Any]) -> None:
              "['SEARCH']['EF_SEARCH'] must be 1..1000.")
     _require(search["ITERATIVE_SCAN"] in ("off", "relaxed_order", "strict_order"),
              "['SEARCH']['ITERATIVE_SCAN'] must be off, relaxed_order or strict_order.")
+    for key in ("FLOOR", "WINDOW"):
+        value = search["RELEVANCE"][key]
+        _require(value is None or value == "auto" or (isinstance(value, (int, float)) and -1 <= value <= 2),
+                 f"['SEARCH']['RELEVANCE'][{key!r}] must be \"auto\", a number or None.")
+    typos = search["TYPOS"]
+    _require(isinstance(typos["ENABLED"], bool), "['SEARCH']['TYPOS']['ENABLED'] must be a bool.")
+    _require(isinstance(typos["ONE_TYPO"], int) and isinstance(typos["TWO_TYPOS"], int)
+             and 1 <= typos["ONE_TYPO"] <= typos["TWO_TYPOS"],
+             "['SEARCH']['TYPOS'] needs ints with 1 <= ONE_TYPO <= TWO_TYPOS.")
+    cache_seconds = search["SYNONYMS_CACHE_SECONDS"]
+    _require(isinstance(cache_seconds, (int, float)) and cache_seconds >= 0,
+             "['SEARCH']['SYNONYMS_CACHE_SECONDS'] must be a number >= 0.")
+    _require(isinstance(values["LEXICON"]["REFRESH_AFTER"], int) and values["LEXICON"]["REFRESH_AFTER"] >= 0,
+             "['LEXICON']['REFRESH_AFTER'] must be an int >= 0.")
+    suggest = values["SUGGEST"]
+    _require(isinstance(suggest["LIMIT"], int) and isinstance(suggest["MAX_LIMIT"], int)
+             and 1 <= suggest["LIMIT"] <= suggest["MAX_LIMIT"] <= 100,
+             "['SUGGEST'] needs ints with 1 <= LIMIT <= MAX_LIMIT <= 100.")
+    _require(isinstance(suggest["EMPTY_KINDS"], (list, tuple)), "['SUGGEST']['EMPTY_KINDS'] must be a list.")
+    calibration = values["CALIBRATION"]
+    for key in ("NOISE_QUERIES", "TITLE_QUERIES"):
+        _require(isinstance(calibration[key], int) and 10 <= calibration[key] <= 10_000,
+                 f"['CALIBRATION'][{key!r}] must be 10..10000.")
+    for key in ("NOISE_QUANTILE", "TITLE_QUANTILE"):
+        _require(isinstance(calibration[key], float) and 0.5 <= calibration[key] <= 1.0,
+                 f"['CALIBRATION'][{key!r}] must be a float in 0.5..1.")
+    drift = calibration["RECALIBRATE_AFTER"]
+    _require(isinstance(drift, (int, float)) and drift > 0,
+             "['CALIBRATION']['RECALIBRATE_AFTER'] must be a positive number.")
     moderation = values["MODERATION"]
     _require(isinstance(moderation["CATEGORIES"], dict), "['MODERATION']['CATEGORIES'] must be a dict.")
     for name, category in moderation["CATEGORIES"].items():

@@ -36,7 +36,7 @@ from django.db import models, transaction
 from django.db.models import Value
 from django.utils import timezone
 
-from clip_search import rows, sql
+from clip_search import lexicon, rows, sql
 from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderSpec, get_clip, image_encoder_for, text_encoder_for
 from clip_search.imaging import ImageRejected
@@ -150,10 +150,10 @@ def pipeline_for(encoder: EncoderModel) -> Pipeline:
 
 
 def document_fields(registration: Registration, obj: models.Model) -> dict:
-    """The stored full-text document and keyword text of one object."""
+    """The stored full-text document, keyword text, words and suggestions of one object."""
     config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
-    vectors = [SearchVector(Value(text), weight=weight, config=config)
-               for weight, text in registration.text_parts(obj) if text]
+    parts = registration.text_parts(obj)
+    vectors = [SearchVector(Value(text), weight=weight, config=config) for weight, text in parts if text]
     document = vectors[0] if vectors else None
     for vector in vectors[1:]:
         document = document + vector
@@ -164,7 +164,17 @@ def document_fields(registration: Registration, obj: models.Model) -> dict:
         "search_document": document,
         "keywords": " ".join(values).lower(),  # Registration.keyword_text, from the same read
         "keyword_tokens": [v[:200] for v in keyword_values if v],
+        **lexicon.row_fields(registration, obj, _joined(parts, values)),
     }
+
+
+def document_text(registration: Registration, obj: models.Model) -> str:
+    """Every word the object is searched by: its text and keyword values (the vocabulary's)."""
+    return _joined(registration.text_parts(obj), registration.keyword_values(obj))
+
+
+def _joined(parts: list[tuple[str, str]], keyword_values: list[str]) -> str:
+    return " ".join([*(text for _, text in parts if text), *keyword_values])
 
 
 # --------------------------------------------------------------------------- 1. plan
@@ -369,14 +379,14 @@ def _write(registration: Registration, encoder: EncoderModel, content_type: Cont
         image.save(update_fields=None if image.pk is None or image.pk in fresh else unchanged_vector)
     errors = image_errors(kept)
     document = document_fields(registration, current[0])
-    search_document = document.pop("search_document")
+    expressions = {name: document.pop(name) for name in ("search_document", "words")}
     fields = dict(status=status, error=errors, stale=False, reembed=False,
                   source_digest=planned.digest, **document)
     if errors:
         fields["attempts"] = models.F("attempts") + 1
     elif any(image.reused is None for image in planned.images) or planned.force:
         fields.update(attempts=0, embedded_at=now)
-    Embedding.objects.filter(pk=row.pk).update(search_document=search_document, updated_at=now, **fields)
+    Embedding.objects.filter(pk=row.pk).update(updated_at=now, **expressions, **fields)
     row.refresh_from_db()
     _review(registration, row, kept, planned)
     searchable = sum(1 for image in kept if image.vector is not None)

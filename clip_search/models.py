@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import GinIndex, GistIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -53,6 +53,16 @@ class EncoderModel(models.Model):
     # this many image hits per product it wants, so that collapsing to one hit per product
     # (its best image) still leaves enough products. Raised by the writer, never lowered.
     max_images = models.PositiveSmallIntegerField(_("most images of a product"), default=1)
+    # The relevance floor of text queries (clip_search.calibration), measured on this encoder's
+    # own index: cosine similarity a query whose words match no product text must reach (what
+    # made-up words reach, at a high quantile), and how far below a query's best hit a vector
+    # hit may still be (how far below it a product's own title puts its own picture).
+    noise_floor = models.FloatField(_("noise floor"), null=True, blank=True)
+    relevance_window = models.FloatField(_("relevance window"), null=True, blank=True)
+    calibrated_at = models.DateTimeField(_("calibrated"), null=True, blank=True)
+    calibrated_objects = models.PositiveIntegerField(
+        _("objects when calibrated"), null=True, blank=True,
+        help_text=_("Indexed objects at calibration: the sweep calibrates again when this drifts."))
 
     class Meta:
         verbose_name = _("encoder model")
@@ -126,6 +136,12 @@ class Embedding(models.Model):
     keywords = models.TextField(blank=True)
     # Lower-cased whole keyword values (a SKU, a brand): an exact match ranks first.
     keyword_tokens = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    # The object's words as written (``simple`` configuration: not stemmed), for the catalog
+    # vocabulary that spelling correction reads (clip_search.lexicon); None for rows written
+    # before it existed (the lexicon's refresh fills them).
+    words = SearchVectorField(null=True, blank=True)
+    # Phrases offered as the shopper types, by kind: {"title": [...], "brand": [...]}.
+    suggestions = models.JSONField(null=True, blank=True)
     # sha256 over what the row was built from: the searchable text and the images' storage
     # names in display order. The verify pass recomputes it from the shop's tables; a
     # difference is work that no signal reported.
@@ -295,3 +311,86 @@ class VerifyCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.content_type.model} after {self.last_pk or 'the start'} (pass {self.passes + 1})"
+
+
+class Lexicon(models.Model):
+    """When the vocabulary and suggestions of one registered model were last built
+    (clip_search.lexicon): the sweep builds them again once the index changed."""
+
+    content_type = models.OneToOneField(ContentType, on_delete=models.CASCADE)
+    built_at = models.DateTimeField()
+    words = models.PositiveIntegerField(default=0)
+    suggestions = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("lexicon")
+
+    def __str__(self) -> str:
+        return f"{self.content_type.model}: {self.words} words, {self.suggestions} suggestions"
+
+
+class Term(models.Model):
+    """A word the catalog uses (never "corrected"; what misspellings are corrected to), with the
+    number of storefront products using it."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    text = models.CharField(max_length=200)
+    products = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name = _("term")
+        constraints = [models.UniqueConstraint(fields=["content_type", "text"], name="clip_search_one_term")]
+        indexes = [GistIndex(fields=["text"], name="clip_search_term_trgm", opclasses=["gist_trgm_ops"])]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Suggestion(models.Model):
+    """A completion offered as the shopper types: a title, brand or category of the catalog."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=32)
+    text = models.CharField(max_length=300)
+    key = models.CharField(max_length=300)  # lower-cased: what the trigram match reads
+    document = SearchVectorField()  # the text's words (simple configuration), for word prefixes
+    products = models.PositiveIntegerField()
+    # A few of the Embedding rows that offered it: a suggestion is shown only while one of them
+    # is still in the storefront (none quarantined since the lexicon was built).
+    embeddings = ArrayField(models.BigIntegerField(), default=list)
+
+    class Meta:
+        verbose_name = _("suggestion")
+        constraints = [models.UniqueConstraint(fields=["content_type", "kind", "key"],
+                                               name="clip_search_one_suggestion")]
+        indexes = [GinIndex(fields=["document"], name="clip_search_suggestion_words"),
+                   GinIndex(fields=["key"], name="clip_search_suggestion_trgm", opclasses=["gin_trgm_ops"])]
+
+    def __str__(self) -> str:
+        return f"{self.text} ({self.kind})"
+
+
+class Synonym(models.Model):
+    """Words a shop says mean the same: multi-way (``crimson, scarlet, red``: any finds all) or
+    one-way (``rucksack => backpack``: "rucksack" also finds backpacks, not the reverse).
+
+    Applied to the full-text and keyword legs (clip_search.synonyms). The file format is
+    Solr's synonyms.txt, one set per line.
+    """
+
+    terms = ArrayField(models.CharField(max_length=100), help_text=_(
+        "The words or phrases a shopper types; in a multi-way set, all of them mean each other."))
+    synonyms = ArrayField(models.CharField(max_length=100), default=list, blank=True, help_text=_(
+        "One-way: what the terms also mean. Empty: a multi-way set."))
+    enabled = models.BooleanField(_("enabled"), default=True)
+    note = models.CharField(_("note"), max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("synonym set")
+        ordering = ["terms"]
+
+    def __str__(self) -> str:
+        from clip_search.synonyms import format_line
+
+        return format_line(self)

@@ -181,6 +181,8 @@ class Registration:
     related: dict[type[models.Model], RelatedSpec] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     single_image: bool = False  # registered with image=: at most one image
+    # What search-as-you-type offers, by kind: {"title": "title", "brand": "brand__name"}.
+    suggest: dict[str, TextSource] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -240,12 +242,18 @@ class Registration:
     def keyword_text(self, obj: models.Model) -> str:
         return " ".join(self.keyword_values(obj))
 
+    def suggestion_values(self, obj: models.Model) -> dict[str, list[str]]:
+        """The phrases search-as-you-type offers for ``obj``, by kind (``suggest=``)."""
+        return {kind: values for kind, source in self.suggest.items() if (values := _texts(obj, source))}
+
     def source_digest(self, obj: models.Model, images: Sequence[SourceImage] | None = None) -> str:
         """sha256 over what the index is built from: searchable text, keywords and the images'
         identities in display order. Cheap: no file is read (unless a callable gives bytes)."""
         images = self.source_images(obj) if images is None else images
         parts = [*(text for _, text in self.text_parts(obj)), self.keyword_text(obj),
                  *(image.identity for image in images)]
+        # A suggestion source the text and keywords do not already hold changes the row too.
+        parts += [" ".join(_texts(obj, source)) for source in self._own_suggest_sources()]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     def fetch(self, pks: Iterable[Any]) -> list[models.Model]:
@@ -272,14 +280,19 @@ class Registration:
 
     def read_roots(self) -> set[str] | None:
         """The model's own fields whose change can alter the index (None: unknown, a callable)."""
-        if callable(self.images) or len(self.paths()) < len(self.text) + len(self.keywords):
+        if callable(self.images) or any(not isinstance(source, str) for source in
+                                        (*self.text, *self.keywords, *self._own_suggest_sources())):
             return None
         paths = (*(path.path for path in self.images), *self.paths())
         return {path.split("__")[0] for path in paths}
 
     def paths(self) -> list[str]:
-        """The text and keyword sources that are field paths (not callables)."""
-        return [source for source in (*self.text, *self.keywords) if isinstance(source, str)]
+        """The text, keyword and suggestion sources that are field paths (not callables)."""
+        sources = (*self.text, *self.keywords, *self._own_suggest_sources())
+        return [source for source in sources if isinstance(source, str)]
+
+    def _own_suggest_sources(self) -> list[TextSource]:
+        return [source for source in self.suggest.values() if source not in (*self.text, *self.keywords)]
 
     # ----------------------------------------------------------------- related models
 
@@ -391,6 +404,7 @@ class Registry:
         keywords: Sequence[TextSource] = (),
         queryset: Callable[[], models.QuerySet] | None = None,
         related: dict[type[models.Model] | str, RelatedSpec] | None = None,
+        suggest: dict[str, TextSource] | None = None,
         **extra: Any,
     ) -> Registration | None:
         """Make ``model`` searchable. ``model`` may be a class or an "app_label.Model" string.
@@ -399,13 +413,15 @@ class Registry:
         one or more paths (``"gallery__image"`` follows a reverse foreign key: every image, in
         the related model's ordering) or a callable returning the images in display order.
         ``related=`` maps another model to the registered objects its rows affect: a path from
-        its rows (``"product"``) or a callable. ``image_url=`` (a callable) gives the URL to show
+        its rows (``"product"``) or a callable. ``suggest=`` names what search-as-you-type offers,
+        by kind (``{"title": "title", "brand": "brand__name"}``; the first text source as
+        ``"title"`` by default). ``image_url=`` (a callable) gives the URL to show
         an object's picture at, where its images have none (bytes from a callable). String
         models are resolved once the app registry is ready, so a shop can register a
         third-party model before importing it.
         """
         options = dict(image=image, images=images, text=tuple(text), keywords=tuple(keywords),
-                       queryset=queryset, related=dict(related or {}), extra=extra)
+                       queryset=queryset, related=dict(related or {}), suggest=suggest, extra=extra)
         names = [model, *(related or {})]
         if any(isinstance(name, str) for name in names) and not apps.models_ready:
             self._pending.append((model, options))
@@ -468,7 +484,7 @@ class Registry:
 
 def build_registration(model: type[models.Model], *, image: Any, images: Any, text: tuple[TextSource, ...],
                        keywords: tuple[TextSource, ...], queryset: Any, related: dict,
-                       extra: dict) -> Registration:
+                       extra: dict, suggest: dict[str, TextSource] | None = None) -> Registration:
     """Validate register()'s arguments into a Registration; RegistrationError names the problem."""
     where = f"clip_search.register({model._meta.label})"
     if (image is None) == (images is None):
@@ -476,12 +492,16 @@ def build_registration(model: type[models.Model], *, image: Any, images: Any, te
     if len(text) > len(TEXT_WEIGHTS):
         raise RegistrationError(f"{where}: at most {len(TEXT_WEIGHTS)} text fields (PostgreSQL has four "
                                 "full-text weights); join the rest in a callable.")
-    for source in (*text, *keywords):
+    if suggest is None:
+        suggest = {"title": text[0]} if text else {}
+    if not isinstance(suggest, dict) or not all(isinstance(kind, str) and kind for kind in suggest):
+        raise RegistrationError(f"{where}: suggest= must map kinds (\"title\", \"brand\") to sources.")
+    for source in (*text, *keywords, *suggest.values()):
         if isinstance(source, str):
             resolve_path(model, source)
         elif not callable(source):
-            raise RegistrationError(f"{where}: a text or keyword source must be a field path or a callable, "
-                                    f"not {source!r}.")
+            raise RegistrationError(f"{where}: a text, keyword or suggestion source must be a field path or "
+                                    f"a callable, not {source!r}.")
     spec = image if image is not None else images
     paths = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else []
     if callable(spec):
@@ -503,7 +523,8 @@ def build_registration(model: type[models.Model], *, image: Any, images: Any, te
         if isinstance(spec, str):
             _check_related_path(related_model, spec, model, where)
     return Registration(model=model, images=resolved, text=text, keywords=keywords, queryset=queryset,
-                        related=related_models, extra=extra, single_image=image is not None)
+                        related=related_models, extra=extra, single_image=image is not None,
+                        suggest=dict(suggest))
 
 
 def _image_path(model: type[models.Model], path: str, *, allow_many: bool, where: str) -> ImagePath:

@@ -6,6 +6,12 @@ and annotated with ``search_score``, ``search_rank`` and each leg's rank. The le
 fusion run in one statement (``sql.fused_search``); the shop's filters are inside it, so a
 selective filter still gets its full depth of vector hits (pgvector iterative scan).
 
+Before it, the words are read against the catalog (``lexicon``: a misspelt word is corrected
+to the catalog's own, and the search says so in ``corrected_query``) and the shop's synonyms
+(``synonyms``). The hits are only real ones: a text query's vector hits must be near its best
+one, and near enough in absolute terms when no word matched any product (``calibration``), so
+a query that means nothing here finds nothing.
+
 Search degrades rather than fails: when the text encoder cannot be loaded the keyword legs
 answer alone and ``results.search_info.degraded`` says why.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import numpy as np
@@ -24,10 +30,12 @@ from django.db import connections, models, transaction
 from django.db.models import BigIntegerField, BooleanField, FloatField
 from django.utils.translation import gettext_lazy as _
 
-from clip_search import sql
+from clip_search import lexicon, sql, synonyms
+from clip_search.calibration import relevance
 from clip_search.conf import clip_settings
 from clip_search.expressions import ValueAt
 from clip_search.models import Embedding, EncoderModel, ImageEmbedding, integer_pk
+from clip_search.query import KeywordQuery, ParsedQuery, keyword_query, parse, with_synonyms
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,14 @@ class SearchInfo:
     degraded: dict[str, str] = field(default_factory=dict)
     truncated: bool = False
     hits: dict[str, sql.FusedHit] = field(default_factory=dict)
+    # The query as searched when misspelt words were corrected ("umbrela" → "umbrella"), else None.
+    corrected_query: str | None = None
+    # Words no product uses, in any form, and no correction reaches.
+    unknown_words: list[str] = field(default_factory=list)
+    # A leg kept its full depth: more products may match than the hits (refine the query).
+    capped: bool = False
+    # No product has every word: products with some of them are ranked instead.
+    relaxed: bool = False
 
     @property
     def is_degraded(self) -> bool:
@@ -102,12 +118,38 @@ def clean_query(text: str | None) -> tuple[str, bool]:
     return (text[:limit].rstrip(), True) if len(text) > limit else (text, False)
 
 
-def exact_tokens(text: str) -> list[str]:
-    """Values an exact keyword match is tried on: the whole query, and identifier-like words."""
-    lowered = text.lower()
-    words = [w.strip(".,;:!?()[]\"'") for w in lowered.split()]
-    tokens = [lowered] + [w for w in words if any(c.isdigit() for c in w)]
-    return list(dict.fromkeys(t[:200] for t in tokens if t))
+@dataclass
+class TextQuery:
+    """A text query read against the catalog: its terms with their corrections and synonyms,
+    the query as searched, the keyword leg's values and what the spelling check found."""
+
+    terms: ParsedQuery
+    searched: str
+    keywords: KeywordQuery
+    spelling: lexicon.Spelling
+
+
+def analyse(text: str, scope: sql.Scope, *, correct: bool = True, using: str = "default") -> TextQuery:
+    """Parse ``text``, correct its misspelt words against the catalog (``correct``), add the
+    shop's synonyms. One round trip to the catalog's vocabulary; synonyms come from the cache."""
+    parsed = parse(text)
+    synonym_map = synonyms.current(using)
+    correct = correct and clip_settings.SEARCH["TYPOS"]["ENABLED"]
+    spelling = lexicon.check_spelling(parsed, scope, correct=correct, protected=set(synonym_map), using=using)
+    fixes = {term: replace(term, corrected=spelling.corrections[term.text]) for term in parsed.terms
+             if term.text in spelling.corrections and not term.phrase and not term.negated}
+    parsed = with_synonyms(parsed.replace_terms(fixes), synonym_map)
+    searched = parsed.text() if fixes else text
+    return TextQuery(parsed, searched, keyword_query(searched, synonym_map), spelling)
+
+
+def scope_for(queryset: models.QuerySet, content_type_id: int, encoder_id: int,
+              exclude_pk: str | None = None) -> sql.Scope:
+    """The rows of clip_search's tables that ``queryset`` (the shop's filters) lets a statement read."""
+    model = queryset.model
+    return sql.Scope(content_type_id=content_type_id, encoder_id=encoder_id, base=_base(queryset),
+                     integer_pk=integer_pk(model), exclude_pk=exclude_pk,
+                     pk_type=model._meta.pk.cast_db_type(connections[queryset.db]))
 
 
 def search(
@@ -121,17 +163,20 @@ def search(
     weights: dict[str, float] | None = None,
     include_quarantined: bool = False,
     encoder: EncoderModel | None = None,
+    correct: bool = True,
 ) -> models.QuerySet:
     """The hits among ``queryset``, best first. See the module docstring.
 
     ``text`` and ``image`` may be given together (their vectors are averaged); ``like`` is a
     product (or its pk) whose neighbours are wanted, itself excluded. ``include_quarantined``
-    lets staff find flagged, rejected and not yet embedded products too.
+    lets staff find flagged, rejected and not yet embedded products too. ``correct=False``
+    searches the words as typed (no spelling correction).
     """
     options = clip_settings.SEARCH
     info = SearchInfo()
     info.query, info.truncated = clean_query(text)
-    encoder = encoder or EncoderModel.objects.filter(is_active=True).first()
+    using = queryset.db
+    encoder = encoder or EncoderModel.objects.using(using).filter(is_active=True).first()
     if encoder is None:
         info.degraded = {leg: str(_("Nothing is indexed yet.")) for leg in LEGS}
         return _with_info(queryset.none(), info)
@@ -144,17 +189,25 @@ def search(
         like_pk = str(getattr(like, "pk", like))
         vectors.append(_stored_vector(model, like_pk, encoder, include_quarantined))
         exclude_pk, info.query = like_pk, ""
+    content_type = ContentType.objects.db_manager(using).get_for_model(model, for_concrete_model=False)
+    scope = scope_for(queryset, content_type.pk, encoder.pk, exclude_pk)
+    words = analyse(info.query, scope, correct=correct, using=using) if info.query else None
+    if words is not None and words.searched != info.query:
+        info.corrected_query = words.searched
+    info.unknown_words = words.spelling.unknown if words else []
     if image is not None:
         vectors.append(_image_vector(image, encoder))
-    if info.query and weights["vector"] > 0 and like is None:
+    text_only = image is None and like is None
+    if words is not None and weights["vector"] > 0 and like is None:
         try:
-            vectors.append(_text_vector(info.query, encoder))
+            vectors.append(_text_vector(words.searched, encoder))
         except Exception as error:  # the encoder is unavailable: keyword legs answer alone
             logger.warning("clip_search: vector leg unavailable, keyword search only: %s", error)
             # The reason shown is a fixed sentence: the error itself names paths of the server.
             info.degraded["vector"] = str(_("The text encoder is unavailable; keyword search only."))
+            text_only = False
     vector = _combine(vectors)
-    if vector is None and not info.query:
+    if vector is None and words is None:
         return _with_info(queryset.none(), info)
 
     vector_statuses = [Embedding.Status.INDEXED]
@@ -162,27 +215,27 @@ def search(
     if include_quarantined:
         vector_statuses += [Embedding.Status.FLAGGED, Embedding.Status.REJECTED]
         text_statuses = [status for status, _label in Embedding.Status.choices]
+    floor, window = relevance(encoder) if text_only and vector is not None else (None, None)
     query = sql.FusedQuery(
-        content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
-        encoder_id=encoder.pk, dimension=encoder.dimension,
-        base=_base(queryset), pk_type=model._meta.pk.cast_db_type(connections[queryset.db]),
-        integer_pk=integer_pk(model), images_per_object=encoder.max_images,
-        exclude_pk=exclude_pk, vector=vector, text=info.query,
-        exact_tokens=exact_tokens(info.query), vector_statuses=vector_statuses,
-        text_statuses=text_statuses, depth=depth, weights=weights, rrf_k=options["RRF_K"],
-        exact_boost=EXACT_BOOST, text_search_config=options["TEXT_SEARCH_CONFIG"],
-        limit=limit or options["LIMIT"],
+        scope=scope, dimension=encoder.dimension, images_per_object=encoder.max_images, vector=vector,
+        text=words.searched if words else "", terms=words.terms if words else ParsedQuery(()),
+        boosted_tokens=words.keywords.boosted if words else [],
+        phrase_tokens=words.keywords.phrases if words else [],
+        vector_statuses=vector_statuses, text_statuses=text_statuses, depth=depth, weights=weights,
+        rrf_k=options["RRF_K"], exact_boost=EXACT_BOOST, text_search_config=options["TEXT_SEARCH_CONFIG"],
+        limit=limit or options["LIMIT"], floor=floor, window=window,
     )
     info.legs = [leg for leg in LEGS if weights[leg] > 0 and (
-        vector is not None if leg == "vector" else bool(info.query))]
-    with transaction.atomic(using=queryset.db):
+        vector is not None if leg == "vector" else words is not None)]
+    with transaction.atomic(using=using):
         sql.set_local_search_params(
             ef_search=min(1000, max(options["EF_SEARCH"], depth["vector"] * encoder.max_images)),
             iterative_scan=options["ITERATIVE_SCAN"], trigram_threshold=options["TRIGRAM_THRESHOLD"],
-            using=queryset.db)
-        hits = sql.fused_search(query, using=queryset.db)
-    info.hits = {hit.object_pk: hit for hit in hits}
-    return _with_info(_annotate(queryset, hits), info)
+            using=using)
+        result = sql.fused_search(query, using=using)
+    info.hits = {hit.object_pk: hit for hit in result.hits}
+    info.capped, info.relaxed = result.capped, result.relaxed
+    return _with_info(_annotate(queryset, result.hits), info)
 
 
 def _base(queryset: models.QuerySet) -> tuple[str, tuple] | None:

@@ -97,6 +97,8 @@ def test_only_one_active_encoder():
 def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
     from django.contrib.contenttypes.models import ContentType
 
+    from clip_search.query import parse
+
     encoder = EncoderModel.objects.create(name="ViT-B-32", pretrained="test", fingerprint="f" * 64,
                                           dimension=512, is_active=True)
     vectors = _fill(encoder, 3000)
@@ -104,10 +106,10 @@ def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE clip_search_imageembedding")
     query = sql.FusedQuery(
-        content_type_id=ContentType.objects.get_for_model(Product).pk, encoder_id=encoder.pk,
-        dimension=512, base=None, pk_type="integer", integer_pk=True, exclude_pk=None,
-        vector=vectors[42].tolist(), text="red mug",
-        exact_tokens=["red mug"], vector_statuses=["indexed"], text_statuses=["indexed"],
+        scope=sql.Scope(content_type_id=ContentType.objects.get_for_model(Product).pk, encoder_id=encoder.pk),
+        dimension=512, vector=vectors[42].tolist(), text="red mug", terms=parse("red mug"),
+        boosted_tokens=["red mug"], phrase_tokens=["red", "mug"], vector_statuses=["indexed"],
+        text_statuses=["indexed"],
         depth={"vector": 50, "fulltext": 50, "keyword": 50}, images_per_object=1,
         weights={"vector": 1, "fulltext": 1, "keyword": 1},
         rrf_k=60, exact_boost=1.0, text_search_config="english", limit=10)
@@ -121,7 +123,7 @@ def test_the_fused_statement_reads_the_vector_leg_from_the_hnsw_index():
         cursor.execute("EXPLAIN " + statement, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert sql.vector_index_name(encoder.pk) in plan, plan
-    hits = sql.fused_search(query)
+    hits = sql.fused_search(query).hits
     assert hits[0].object_pk == "42" and hits[0].vector_rank == 1
 
 

@@ -10,5 +10,7 @@ clip_search.register(
     images=["image", "gallery__image"],
     text=["title", "description", "category__name"],
     keywords=["sku", "brand__name"],
+    # What search-as-you-type offers as the shopper types.
+    suggest={"title": "title", "brand": "brand__name", "category": "category__name"},
     queryset=lambda: Product.objects.filter(is_public=True),
 )
