@@ -20,6 +20,7 @@ from django.utils import timezone
 from clip_search.indexing import Summary, embed_objects
 from clip_search.models import Embedding, EncoderModel
 from clip_search.registry import Registration
+from clip_search.routers import primary_reads
 from clip_search.tasks import enqueue, find_work
 from clip_search.verify import delete_orphans, hide_unscored, verify_batches
 
@@ -42,6 +43,7 @@ def count_work(registration: Registration, encoder: EncoderModel, *, missing_onl
     return find_work(registration, encoder, missing_only=missing_only).count()
 
 
+@primary_reads()
 def reindex_inline(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
                    batch_size: int, force: bool = False, progress: Progress = lambda n: None) -> Summary:
     summary = Summary()
@@ -51,6 +53,7 @@ def reindex_inline(registration: Registration, encoder: EncoderModel, *, missing
     return summary
 
 
+@primary_reads()
 def reindex_async(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
                   batch_size: int, force: bool = False, progress: Progress = lambda n: None,
                   poll: float = 1.0, timeout: float | None = None) -> Summary:
@@ -91,6 +94,7 @@ class VerifyReport:
     summary: Summary | None = None
 
 
+@primary_reads()
 def verify(registration: Registration, encoder: EncoderModel, *, batch_size: int,
            asynchronous: bool = False, progress: Progress = lambda n: None,
            timeout: float | None = None) -> VerifyReport:
@@ -131,6 +135,7 @@ def missing_coverage(encoder: EncoderModel, registrations) -> int:
     return sum(count_work(registration, encoder, missing_only=True) for registration in registrations)
 
 
+@primary_reads()
 def activate(encoder: EncoderModel, registrations) -> None:
     """Make ``encoder`` the one search reads, in one transaction, if its coverage is complete."""
     missing = missing_coverage(encoder, registrations)

@@ -160,3 +160,28 @@ def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any
             id="clip_search.W002",
         )]
     return problems
+
+
+@register("clip_search")
+def check_routers(app_configs: Any = None, **kwargs: Any) -> list:
+    """Reads routed away from writes (a read replica) need ``ReadYourWritesRouter`` in front:
+    else indexing, the save handlers and review decisions read what they are about to write
+    from a standby that has not replayed it (clip_search.routers)."""
+    from django.db import router
+
+    from clip_search.models import Embedding
+    from clip_search.routers import ReadYourWritesRouter
+
+    split = [model for model in [Embedding, *(registration.model for registration in registry)]
+             if router.db_for_read(model) != router.db_for_write(model)]
+    if not split or (router.routers and isinstance(router.routers[0], ReadYourWritesRouter)):
+        return []
+    model = split[0]
+    return [Warning(
+        f"DATABASE_ROUTERS send reads of {model._meta.label} to {router.db_for_read(model)!r} and its "
+        f"writes to {router.db_for_write(model)!r}: clip_search's indexing, save handlers and review "
+        "decisions would read rows a replica has not replayed yet.",
+        hint="Put 'clip_search.routers.ReadYourWritesRouter' first in DATABASE_ROUTERS "
+             "(README, Operating it: Read replicas).",
+        id="clip_search.W004",
+    )]

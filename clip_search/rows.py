@@ -10,6 +10,9 @@
   product's status: any image not cleared keeps the whole product out of the storefront.
 - **Conflicts are retried.** A deadlock or serialisation failure PostgreSQL reports (with a
   shop's own transactions there is always a chance) reruns the transaction (``retrying``).
+- **A write transaction reads the primary.** Inside ``retrying`` every read goes where the
+  writes go (``clip_search.routers``), never to a read replica that cannot see the open
+  transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import OperationalError, models, transaction
 
 from clip_search.models import Embedding, ImageEmbedding
+from clip_search.routers import primary_reads
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ def retrying(function: Callable[[], T], *, attempts: int = 4, using: str | None 
     transaction is already aborted and only its owner can retry."""
     for attempt in range(1, attempts + 1):
         try:
-            with transaction.atomic(using=using):
+            with transaction.atomic(using=using), primary_reads():
                 return function()
         except OperationalError as error:
             nested = transaction.get_connection(using).in_atomic_block

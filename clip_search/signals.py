@@ -29,6 +29,7 @@ from django.utils.module_loading import import_string
 
 from clip_search.conf import clip_settings
 from clip_search.registry import Registration, Watcher
+from clip_search.routers import primary_reads
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         if not raw:
             setattr(instance, UPLOAD_FLAG, _uploading(instance))
 
+    @primary_reads()  # what the save wrote, not a standby's older copy (clip_search.routers)
     def handle_save(self, sender, instance, raw=False, update_fields=None, **kwargs):
         if raw:  # loaddata: nothing of the object is settled yet (verify finds fixtures)
             return
@@ -116,6 +118,7 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         registration, pk = registry.get(sender), str(instance.pk)
         transaction.on_commit(lambda: remove_object(registration, pk))
 
+    @primary_reads()
     def handle_related_save(self, registration, watcher, sender, instance, raw=False, update_fields=None,
                             **kwargs):
         if raw or (update_fields is not None and watcher.fields and not watcher.fields & set(update_fields)):
@@ -124,6 +127,7 @@ class OnCommitSignalProcessor(BaseSignalProcessor):
         if pks:
             self.changed(registration, pks, uploaded=watcher.images and getattr(instance, UPLOAD_FLAG, False))
 
+    @primary_reads()
     def handle_related_pre_delete(self, registration, watcher, sender, instance, **kwargs):
         # Before the row goes: afterwards nothing leads from it to the objects it fed.
         affected = getattr(instance, AFFECTED_ATTRIBUTE, {})

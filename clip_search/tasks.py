@@ -25,6 +25,7 @@ from clip_search.conf import clip_settings
 from clip_search.indexing import active_encoder, embed_objects, register_encoder, remove_object
 from clip_search.models import Embedding, EncoderModel
 from clip_search.registry import Registration, registry
+from clip_search.routers import primary_reads
 from clip_search.verify import delete_orphans, hide_unscored, needs_work, resume_point, verify_batches
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class ClipSearchTask(Task):
 
 @shared_task(bind=True, base=ClipSearchTask, acks_late=True, reject_on_worker_lost=True, max_retries=None,
              name="clip_search.embed_batch")
+@primary_reads()
 def embed_batch(self, label: str, pks: list[str], encoder_id: int | None = None,
                 force: bool = False) -> dict:
     """Embed these objects of one registered model. Bad images are rows, not retries."""
@@ -129,6 +131,7 @@ def find_work(registration: Registration, encoder: EncoderModel, *, missing_only
 
 
 @shared_task(name="clip_search.sweep", base=ClipSearchTask, acks_late=True)
+@primary_reads()
 def sweep(batch_size: int | None = None) -> int:
     """Periodic (Celery beat): queue what signals missed, returns how many objects it queued.
 
@@ -187,6 +190,7 @@ def verify_slice(registration: Registration, encoder: EncoderModel, *, limit: in
     return count
 
 
+@primary_reads()
 def reindex(target: models.Model | models.QuerySet | list, *, force: bool = False) -> int:
     """Queue (re-)embedding of an object, a queryset or a list of objects of registered
     models, after the current transaction commits; returns how many objects were queued.

@@ -11,6 +11,7 @@ from clip_search.checks import (
     check_database,
     check_encoder_backends,
     check_registrations,
+    check_routers,
     check_settings,
 )
 from clip_search.registry import RegistrationError, registry
@@ -85,3 +86,16 @@ def test_manage_py_check_reports_missing_pgvector():
     assert result.returncode == 1, output
     assert "clip_search.E004" in output
     assert "'vector' (pgvector) is not available" in output
+
+
+def test_a_read_replica_router_without_clip_searchs_router_in_front_is_a_warning():
+    shop_router = "tests.reliability.replica_router.PrimaryReplicaRouter"
+    with override_settings(DATABASE_ROUTERS=[shop_router]):
+        [warning] = check_routers()
+        assert warning.id == "clip_search.W004" and "'replica'" in warning.msg
+        assert "clip_search.routers.ReadYourWritesRouter" in warning.hint
+    with override_settings(DATABASE_ROUTERS=[shop_router, "clip_search.routers.ReadYourWritesRouter"]):
+        assert ids(check_routers()) == ["clip_search.W004"]  # behind the shop's router it is never asked
+    with override_settings(DATABASE_ROUTERS=["clip_search.routers.ReadYourWritesRouter", shop_router]):
+        assert check_routers() == []
+    assert check_routers() == []  # one database: nothing to say

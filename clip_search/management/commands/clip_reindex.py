@@ -6,6 +6,7 @@ from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderLoadError, EncoderSpec
 from clip_search.indexing import active_encoder, register_encoder
 from clip_search.registry import RegistrationError, registry
+from clip_search.routers import primary_reads
 
 
 class Command(BaseCommand):
@@ -31,6 +32,7 @@ class Command(BaseCommand):
                             help="Then make that encoder active, if every product is covered.")
         parser.add_argument("--timeout", type=float, default=None, help="--async: give up after N s.")
 
+    @primary_reads()
     def handle(self, *args, **options):
         try:
             registrations = [registry.get(label) for label in options["models"]] or list(registry)
