@@ -19,6 +19,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from clip_search.imaging import to_rgb  # transparency on white, as transformers' convert_rgb
+
 # CLIPImageProcessor's defaults, for keys an older folder leaves out.
 DEFAULTS: dict[str, Any] = {
     "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3,
@@ -49,10 +51,6 @@ class FloorCenterCrop:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(height={self.height}, width={self.width})"
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def image_processor_config(folder: Path) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def load_tokenizer(folder: Path, context_length: int) -> ClipBpeTokenizer:
     """The folder's tokenizer: ``vocab.json`` + ``merges.txt`` (what the Hub's CLIP folders and
     transformers 4 write), else the BPE model inside ``tokenizer.json`` (all transformers 5
     writes); the start/end tokens ``tokenizer_config.json`` names."""
-    vocab, merges = read_vocabulary(folder)
+    vocab, merges = _read_vocabulary(folder)
     special = _special_tokens(folder)
     return ClipBpeTokenizer(vocab, merges, context_length=context_length, **special)
 
@@ -129,7 +129,7 @@ def tokenizer_files(folder: Path) -> list[Path]:
         "CLIPProcessor or CLIPTokenizer into the folder too")
 
 
-def read_vocabulary(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _read_vocabulary(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     files = tokenizer_files(folder)
     try:
         if len(files) == 2:
