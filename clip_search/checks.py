@@ -53,6 +53,7 @@ def check_model_files(app_configs: Any = None, **kwargs: Any) -> list:
     from pathlib import Path
 
     from clip_search.encoders.loader import EncoderLoadError, EncoderSpec, validate_spec
+    from clip_search.weights import LOCAL_FOLDER_PREFIXES
 
     try:
         spec = EncoderSpec.from_settings()
@@ -60,8 +61,8 @@ def check_model_files(app_configs: Any = None, **kwargs: Any) -> list:
         return []  # reported by check_settings
     try:
         validate_spec(spec)
-        if spec.model.startswith("local-dir:"):
-            files = sorted(Path(spec.model.removeprefix("local-dir:")).expanduser().glob("*.safetensors"))
+        if spec.model.startswith(LOCAL_FOLDER_PREFIXES):  # local-dir: or hf-clip:
+            files = sorted(Path(spec.model.split(":", 1)[1]).expanduser().glob("*.safetensors"))
         else:
             files = [Path(spec.pretrained)] if Path(spec.pretrained or "").suffix else []
             missing = [str(path) for path in files if not path.is_file()]

@@ -18,8 +18,9 @@ from django.core.signals import setting_changed
 DEFAULTS: dict[str, Any] = {
     # Encoder: an open_clip model name (or a config registered with encoders.register_config)
     # with PRETRAINED, an open_clip tag or a local checkpoint file; or a model that carries its
-    # own weights, "local-dir:/path" (what clip_train writes) or "hf-hub:org/name", for which
-    # PRETRAINED does not apply (it is ignored, default included).
+    # own weights, "local-dir:/path" (what clip_train writes), "hf-clip:/path" (a transformers
+    # CLIPModel folder) or "hf-hub:org/name", for which PRETRAINED does not apply (it is
+    # ignored, default included).
     "MODEL": "ViT-B-32",
     "PRETRAINED": "laion2b_s34b_b79k",
     "DEVICE": "cpu",

@@ -11,12 +11,17 @@ from django.utils.translation import gettext_lazy as _
 
 # Weights asked for by name as random (benchmarks and architecture tests): never a fallback.
 RANDOM = "random"
-# MODEL forms that carry their own weights; open_clip ignores ``pretrained`` for them.
-SELF_CONTAINED_PREFIXES = ("local-dir:", "hf-hub:")
+# A folder a Hugging Face ``transformers`` CLIPModel was saved to (clip_search.encoders.hf_clip).
+HF_CLIP = "hf-clip:"
+# MODEL forms that carry their own weights: PRETRAINED does not apply to them.
+SELF_CONTAINED_PREFIXES = ("local-dir:", "hf-hub:", HF_CLIP)
+# Those that name a folder on this machine (its files are checked at deploy time).
+LOCAL_FOLDER_PREFIXES = ("local-dir:", HF_CLIP)
 
 
 def carries_own_weights(model: str) -> bool:
-    """A ``local-dir:`` folder or an ``hf-hub:`` repository: PRETRAINED does not apply."""
+    """A ``local-dir:`` or ``hf-clip:`` folder or an ``hf-hub:`` repository: PRETRAINED does not
+    apply."""
     return model.startswith(SELF_CONTAINED_PREFIXES)
 
 
@@ -27,7 +32,7 @@ def weights_label(model: str, pretrained: str) -> str:
     applying to ``local-dir:`` models still hold the settings' default tag, which never loaded.
     "random" is said only of the explicit sentinel.
     """
-    if model.startswith("local-dir:"):
+    if model.startswith(LOCAL_FOLDER_PREFIXES):
         return str(_("weights in the folder"))
     if model.startswith("hf-hub:"):
         return str(_("weights from the Hugging Face Hub"))

@@ -1,9 +1,10 @@
 """One way to load a CLIP model: open_clip's factory behind a spec, with clear errors.
 
 Weights come from an open_clip pretrained tag, a local checkpoint file, a ``local-dir:``
-folder (what ``clip_train`` writes) or ``hf-hub:org/name``. A model whose weights cannot be
-read is an error: nothing here ever falls back to random weights. ``"random"`` must be asked
-for by name (benchmarks and architecture tests).
+folder (what ``clip_train`` writes), ``hf-hub:org/name``, or an ``hf-clip:`` folder of a
+Hugging Face ``transformers`` CLIPModel (mapped onto open_clip by ``hf_clip``). A model whose
+weights cannot be read is an error: nothing here ever falls back to random weights.
+``"random"`` must be asked for by name (benchmarks and architecture tests).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from clip_search.weights import RANDOM, carries_own_weights, weights_label
+from clip_search.weights import HF_CLIP, RANDOM, carries_own_weights, weights_label
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ class EncoderLoadError(RuntimeError):
 class EncoderSpec:
     """What to load. Two specs that are equal load the same model.
 
-    ``pretrained`` is always empty for a ``local-dir:`` or ``hf-hub:`` model: those carry their
-    own weights and open_clip ignores the argument (with a warning in every process that loads
-    one). Dropping it here keeps PRETRAINED's default tag out of the loader's arguments, the
-    encoder's row and its label, and makes a spec from settings equal to one from that row.
+    ``pretrained`` is always empty for a ``local-dir:``, ``hf-clip:`` or ``hf-hub:`` model: those
+    carry their own weights and open_clip ignores the argument (with a warning in every process
+    that loads one). Dropping it here keeps PRETRAINED's default tag out of the loader's
+    arguments, the encoder's row and its label, and makes a spec from settings equal to one from
+    that row.
     """
 
     model: str
@@ -93,6 +95,11 @@ def validate_spec(spec: EncoderSpec) -> None:
     """Refuse a model name paired with weights trained for another activation (open_clip #771)."""
     import open_clip
 
+    if spec.model.startswith(HF_CLIP):
+        from clip_search.encoders import hf_clip
+
+        hf_clip.inspect(spec.model)
+        return
     if spec.model.startswith("local-dir:"):
         folder = Path(spec.model.removeprefix("local-dir:")).expanduser()
         if not (folder / "open_clip_config.json").is_file():
@@ -112,7 +119,7 @@ def validate_spec(spec: EncoderSpec) -> None:
     if open_clip.get_model_config(name) is None:
         raise EncoderLoadError(
             f"Unknown open_clip model {spec.model!r}. Use a built-in name "
-            f"(open_clip.list_models()), 'local-dir:/path' or 'hf-hub:org/name'."
+            f"(open_clip.list_models()), 'local-dir:/path', 'hf-clip:/path' or 'hf-hub:org/name'."
         )
     tag_cfg = open_clip.get_pretrained_cfg(name, spec.pretrained)
     if tag_cfg:
@@ -168,11 +175,34 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
     (image queries in the web process). The fingerprint is taken before that,
     over all weights, so web and worker processes agree on the encoder's identity.
     """
-    import open_clip
-
     validate_spec(spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    if spec.model.startswith(HF_CLIP):
+        from clip_search.encoders import hf_clip
+
+        model, preprocess, tokenizer = hf_clip.load(spec.model, precision=spec.precision, device=spec.device)
+    else:
+        model, preprocess, tokenizer = _create_open_clip(spec)
+    model.eval()
+    model.requires_grad_(False)
+    fingerprint = weights_fingerprint(model)
+    dimension = _embedding_dimension(model)
+    if towers == "text":
+        model.visual = None  # the web process encodes queries only
+    elif towers == "image":
+        _drop_text_tower(model)  # an image query in the web process needs no second text tower
+    config = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
+    logger.info("Loaded CLIP %s (%s), %s-d, fingerprint %s, towers=%s",
+                spec.model, spec.weights_label, dimension, fingerprint[:12], towers)
+    return LoadedClip(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer,
+                      fingerprint=fingerprint, dimension=dimension, towers=towers, config=config)
+
+
+def _create_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Any, Any]:
+    """``(model, eval preprocess, tokenizer)`` from open_clip's factory."""
+    import open_clip
+
     if spec.pretrained == RANDOM:
         torch.manual_seed(0)
     try:
@@ -193,19 +223,7 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
             f"Could not load CLIP model {spec.model!r} with weights {spec.pretrained!r}: {error}. "
             "Offline? Point PRETRAINED at a local checkpoint file or MODEL at 'local-dir:/path'."
         ) from error
-    model.eval()
-    model.requires_grad_(False)
-    fingerprint = weights_fingerprint(model)
-    dimension = _embedding_dimension(model)
-    if towers == "text":
-        model.visual = None  # the web process encodes queries only
-    elif towers == "image":
-        _drop_text_tower(model)  # an image query in the web process needs no second text tower
-    config = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
-    logger.info("Loaded CLIP %s (%s), %s-d, fingerprint %s, towers=%s",
-                spec.model, spec.weights_label, dimension, fingerprint[:12], towers)
-    return LoadedClip(spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer,
-                      fingerprint=fingerprint, dimension=dimension, towers=towers, config=config)
+    return model, preprocess, tokenizer
 
 
 def _drop_text_tower(model: torch.nn.Module) -> None:

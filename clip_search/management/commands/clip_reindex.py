@@ -27,7 +27,8 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="Re-embed even unchanged images.")
         parser.add_argument("--model", help="Fill rows for another encoder (model switch).")
         parser.add_argument("--pretrained", default="",
-                            help="Weights of --model: a tag or a checkpoint file (not for local-dir:).")
+                            help="Weights of --model: a tag or a checkpoint file (not for local-dir: "
+                                 "or hf-clip:).")
         parser.add_argument("--activate", action="store_true",
                             help="Then make that encoder active, if every product is covered.")
         parser.add_argument("--timeout", type=float, default=None, help="--async: give up after N s.")
