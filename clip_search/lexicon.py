@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from clip_search.conf import clip_settings
 from clip_search.models import Embedding, EncoderModel, Lexicon
-from clip_search.query import ParsedQuery, is_identifier
+from clip_search.query import ParsedQuery, Term, is_identifier
 from clip_search.registry import Registration
 from clip_search.sql import Scope
 from clip_search.sql import lexicon as lexicon_sql
@@ -214,9 +214,10 @@ class Completion:
 def suggest(registration: Registration, text: str, *, limit: int | None = None,
             using: str = "default") -> list[Completion]:
     """Completions of what a shopper is typing: titles, brands and categories whose words start
-    with it ("red ba" → "Red backpack"), most products first, or the nearest by spelling when
-    none does ("bakcpack"). With no text, the kinds in ``SUGGEST["EMPTY_KINDS"]`` with most
-    products (what to offer in an empty search box)."""
+    with it ("red ba" → "Red backpack"), most products first; when none does, those of its
+    spelling corrected against the catalog ("bakcpack" → "backpack"), then the nearest by
+    trigrams. With no text, the kinds in ``SUGGEST["EMPTY_KINDS"]`` with most products (what to
+    offer in an empty search box)."""
     options = clip_settings.SUGGEST
     limit = min(limit or options["LIMIT"], options["MAX_LIMIT"])
     content_type = ContentType.objects.db_manager(using).get_for_model(registration.model,
@@ -226,10 +227,31 @@ def suggest(registration: Registration, text: str, *, limit: int | None = None,
     if not words:
         rows = lexicon_sql.top_suggestions(content_type.pk, statuses, list(options["EMPTY_KINDS"]), limit,
                                            using=using)
-    else:
-        prefix = " & ".join([*(f"'{w}'" for w in words[:-1]), f"'{words[-1]}':*"])
-        rows = lexicon_sql.suggest(content_type.pk, prefix, " ".join(words), statuses, limit, using=using)
-    return [Completion(kind, text, products) for kind, text, products in rows]
+        return [Completion(*row) for row in rows]
+    def completing(words: list[str]) -> list:
+        return lexicon_sql.suggest(content_type.pk, _prefix_query(words), statuses, limit, using=using)
+
+    rows = completing(words)
+    if not rows:
+        corrected = _corrected(words, content_type.pk, using)
+        rows = completing(corrected) if corrected != words else []
+    if not rows:
+        rows = lexicon_sql.nearest_suggestions(content_type.pk, " ".join(words), statuses, limit, using=using)
+    return [Completion(*row) for row in rows]
+
+
+def _prefix_query(words: list[str]) -> str:
+    """``to_tsquery('simple')`` text: every word whole but the last, a prefix."""
+    return " & ".join([*(f"'{w}'" for w in words[:-1]), f"'{words[-1]}':*"])
+
+
+def _corrected(words: list[str], content_type_id: int, using: str) -> list[str]:
+    encoder = EncoderModel.objects.using(using).filter(is_active=True).first()
+    if encoder is None:
+        return words
+    parsed = ParsedQuery(tuple((Term(word),) for word in words))
+    spelling = check_spelling(parsed, Scope(content_type_id, encoder.pk), correct=True, using=using)
+    return [spelling.corrections.get(word, word) for word in words]
 
 
 def _words(text: str) -> list[str]:

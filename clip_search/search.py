@@ -66,6 +66,8 @@ class SearchInfo:
     capped: bool = False
     # No product has every word: products with some of them are ranked instead.
     relaxed: bool = False
+    # The full-text terms as searched (corrections and synonyms included): what highlighting marks.
+    terms: ParsedQuery = field(default_factory=lambda: ParsedQuery(()))
 
     @property
     def is_degraded(self) -> bool:
@@ -192,8 +194,9 @@ def search(
     content_type = ContentType.objects.db_manager(using).get_for_model(model, for_concrete_model=False)
     scope = scope_for(queryset, content_type.pk, encoder.pk, exclude_pk)
     words = analyse(info.query, scope, correct=correct, using=using) if info.query else None
-    if words is not None and words.searched != info.query:
-        info.corrected_query = words.searched
+    if words is not None:
+        info.terms = words.terms
+        info.corrected_query = words.searched if words.searched != info.query else None
     info.unknown_words = words.spelling.unknown if words else []
     if image is not None:
         vectors.append(_image_vector(image, encoder))
@@ -223,7 +226,7 @@ def search(
         phrase_tokens=words.keywords.phrases if words else [],
         vector_statuses=vector_statuses, text_statuses=text_statuses, depth=depth, weights=weights,
         rrf_k=options["RRF_K"], exact_boost=EXACT_BOOST, text_search_config=options["TEXT_SEARCH_CONFIG"],
-        limit=limit or options["LIMIT"], floor=floor, window=window,
+        limit=limit or options["LIMIT"], floor=floor, window=window, vector_from_text=text_only,
     )
     info.legs = [leg for leg in LEGS if weights[leg] > 0 and (
         vector is not None if leg == "vector" else words is not None)]

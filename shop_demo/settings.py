@@ -139,7 +139,8 @@ INSTALLED_APPS += ["django_filters", "drf_spectacular", "shop_demo.storefront"]
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # clip_search.api's throttle scopes: search and "more like this", and the stricter image search.
-    "DEFAULT_THROTTLE_RATES": {"clip_search": "120/min", "clip_search_image": "20/min"},
+    "DEFAULT_THROTTLE_RATES": {"clip_search": "120/min", "clip_search_image": "20/min",
+                               "clip_search_suggest": "600/min"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Demo shop API",
@@ -149,9 +150,22 @@ if importlib.util.find_spec("drf_spectacular_sidecar"):  # Swagger UI served fro
     INSTALLED_APPS += ["drf_spectacular_sidecar"]
     SPECTACULAR_SETTINGS.update(SWAGGER_UI_DIST="SIDECAR", SWAGGER_UI_FAVICON_HREF="SIDECAR",
                                 REDOC_DIST="SIDECAR")
-# Which registered model the API serves, with the shop's own serializer and filters.
+# Which registered model the API serves, with the shop's own serializer and filters, the facets
+# counted over a search's hits (each also a filter: ?category=mug) and the orders offered.
 CLIP_SEARCH_API = {
     "MODEL": "catalog.product",
     "SERIALIZER": "shop_demo.storefront.api.ProductSerializer",
     "FILTERSET": "shop_demo.storefront.api.ProductFilterSet",
+    "FACETS": {
+        "category": {"field": "category__slug", "label": "category__name", "title": "Category"},
+        "brand": {"field": "brand__name", "title": "Brand"},
+        "price": {"field": "price", "title": "Price",
+                  "ranges": [[None, 25], [25, 50], [50, 100], [100, 200], [200, None]]},
+        "in_stock": {"field": "in_stock", "title": "In stock"},
+    },
+    "SORTS": {
+        "price": {"label": "Price: low to high", "order_by": ["price"]},
+        "-price": {"label": "Price: high to low", "order_by": ["-price"]},
+        "newest": {"label": "Newest", "order_by": ["-created_at"]},
+    },
 }

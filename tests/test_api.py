@@ -110,7 +110,9 @@ def assert_error(response, status: int, code: str) -> dict:
 def test_text_search_finds_an_exact_sku_first_with_the_shops_fields(api, shown):
     product = shown[3]
     body = search(api, product.sku)
-    assert list(body) == ["count", "next", "previous", "query", "truncated", "legs", "degraded", "results"]
+    assert list(body) == ["count", "next", "previous", "query", "truncated", "legs", "degraded",
+                          "did_you_mean", "unknown_words", "relaxed", "capped", "sort", "sorts", "facets",
+                          "results"]
     assert body["query"] == product.sku and body["degraded"] == {} and not body["truncated"]
     assert body["legs"] == ["vector", "fulltext", "keyword"]
     top = body["results"][0]
@@ -119,6 +121,7 @@ def test_text_search_finds_an_exact_sku_first_with_the_shops_fields(api, shown):
     assert top["price"] == str(product.price) and top["in_stock"] == product.in_stock
     assert top["image"] == f"http://testserver{product.image.url}"
     assert top["rank"] == 1 and top["score"] > 1 and top["explain"] is None  # exact match boost
+    assert top["highlight"] is None and body["did_you_mean"] is None and body["sort"] == "relevance"
     scores = [hit["score"] for hit in body["results"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -159,27 +162,38 @@ def test_pages_are_limit_offset_slices_of_one_ranking(api, shown):
 
 
 def test_filters_are_the_shops_filterset(api, shown):
-    mugs = search(api, "red mug", category="mug", limit=100)
-    assert mugs["count"] and {hit["category"] for hit in mugs["results"]} == {"Mugs"}
     cheap = search(api, "bag", min_price="10", max_price="40", limit=100)
     assert cheap["count"] and all(10 <= float(hit["price"]) <= 40 for hit in cheap["results"])
+    # A filter narrows inside the search: the SKU is still found when it matches the filter ...
+    product = shown[1]
+    price = str(product.price)
+    assert skus(search(api, product.sku, min_price=price, max_price=price))[0] == product.sku
+    # ... and not when it does not.
+    assert product.sku not in skus(search(api, product.sku, min_price=str(product.price + 1), limit=100))
+    assert search(api, "mug", max_price="0")["count"] == 0
+
+
+def test_facets_narrow_the_hits_and_count_them(api, shown):
+    mugs = search(api, "red mug", category="mug", limit=100)
+    assert mugs["count"] and {hit["category"] for hit in mugs["results"]} == {"Mugs"}
     out = search(api, "shoe", in_stock="false", limit=100)
     assert out["count"] and not any(hit["in_stock"] for hit in out["results"])
     brand = shown[0].brand.name
-    branded = search(api, "lamp", brand=brand.upper(), limit=100)
+    branded = search(api, "lamp", brand=brand, limit=100)
     assert branded["count"] and {hit["brand"] for hit in branded["results"]} == {brand}
-    # A filter narrows inside the search: the SKU is still found when it matches the filter ...
+    two = search(api, "lamp", brand=[brand, shown[1].brand.name], limit=100)  # any of the values
+    assert {hit["brand"] for hit in two["results"]} == {brand, shown[1].brand.name} - {None}
+    band = search(api, "bag", price="25-50", limit=100)
+    assert band["count"] and all(25 <= float(hit["price"]) < 50 for hit in band["results"])
     product = shown[1]
-    assert skus(search(api, product.sku, category=product.category.slug))[0] == product.sku
-    # ... and not when it does not.
     other = Category.objects.exclude(pk=product.category_id).first()
     assert product.sku not in skus(search(api, product.sku, category=other.slug, limit=100))
-    assert search(api, "mug", max_price="0")["count"] == 0
 
 
 @pytest.mark.parametrize("params, field", [
     ({}, "q"), ({"q": ""}, "q"), ({"q": "   "}, "q"), ({"q": "mug\x00"}, "q"),
-    ({"q": "mug", "category": "no-such-category"}, "category"),
+    ({"q": "mug", "price": "cheap"}, "price"), ({"q": "mug", "in_stock": "maybe"}, "in_stock"),
+    ({"q": "mug", "sort": "cheapest"}, "sort"),
     ({"q": "mug", "min_price": "cheap"}, "min_price"),
     ({"q": "mug", "explain": "perhaps"}, "explain"),
 ])
@@ -613,7 +627,7 @@ def test_a_shop_without_its_own_serializer_or_filterset_gets_defaults(api, shown
         product = shown[4]
         body = search(api, product.sku, price__lte="10000")
         top = body["results"][0]
-        assert set(top) == {"pk", "name", "image", "sku", "price", "score", "rank", "explain"}
+        assert set(top) == {"pk", "name", "image", "sku", "price", "score", "rank", "explain", "highlight"}
         assert top["pk"] == product.pk and top["name"] == str(product) and top["sku"] == product.sku
         cheap = search(api, "mug", price__lte="20", limit=100)["results"]
         assert cheap and all(float(hit["price"]) <= 20 for hit in cheap)
@@ -642,7 +656,7 @@ def test_the_openapi_schema_is_valid_and_covers_every_route(api, db):
         for method in ("get", "post"):
             if hasattr(view, method):
                 operations[(path, method)] = document["paths"][path][method]
-    assert len(operations) == 6 and set(document["paths"]) == {path for path, _ in operations}
+    assert len(operations) == 7 and set(document["paths"]) == {path for path, _ in operations}
     for (path, _method), operation in operations.items():
         assert operation["summary"] and operation["description"], path
         for parameter in operation.get("parameters", []):
@@ -657,8 +671,10 @@ def test_the_openapi_schema_is_valid_and_covers_every_route(api, db):
     body = image["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert document["components"]["schemas"][body]["properties"]["image"]["format"] == "binary"
     text = operations[("/api/v1/search/", "get")]
-    assert {"q", "explain", "limit", "offset", "category", "min_price", "max_price", "in_stock"} <= {
-        parameter["name"] for parameter in text["parameters"]}
+    assert {"q", "explain", "highlight", "sort", "correct", "limit", "offset", "category", "brand", "price",
+            "min_price", "max_price", "in_stock"} <= {parameter["name"] for parameter in text["parameters"]}
+    suggest = operations[("/api/v1/suggest/", "get")]
+    assert {"q", "limit"} <= {parameter["name"] for parameter in suggest["parameters"]}
     for path, method in operations:
         if "/review/" in path:
             assert {"401", "403"} <= set(document["paths"][path][method]["responses"])

@@ -28,6 +28,14 @@ API_DEFAULTS: dict[str, Any] = {
     # FILTER_FIELDS ({"price": ["gte", "lte"], "in_stock": ["exact"]}), or no filters.
     "FILTERSET": None,
     "FILTER_FIELDS": {},
+    # Facets counted over a search's hits and selected by a parameter of their name
+    # (clip_search.facets): {"brand": {"field": "brand__name"}, "price": {"field": "price",
+    # "ranges": [[None, 25], [25, None]]}, "category": {"field": "category__slug",
+    # "label": "category__name", "title": "Category"}}.
+    "FACETS": {},
+    # Orders offered besides relevance (``?sort=price``): {"price": {"label": "Price: low to
+    # high", "order_by": ["price"]}}; ties keep their relevance order.
+    "SORTS": {},
     # Pagination (limit/offset): pages are cut from the best CLIP_SEARCH["SEARCH"]["LIMIT"] hits.
     "PAGE_SIZE": 24,
     "MAX_PAGE_SIZE": 100,
@@ -44,7 +52,10 @@ API_DEFAULTS: dict[str, Any] = {
 # a scope it leaves out gets the rate here, so the API is never unthrottled by omission.
 SEARCH_SCOPE = "clip_search"
 IMAGE_SCOPE = "clip_search_image"
-DEFAULT_THROTTLE_RATES: dict[str, str] = {SEARCH_SCOPE: "120/min", IMAGE_SCOPE: "20/min"}
+# Search-as-you-type asks on every pause in typing: a scope of its own, more generous.
+SUGGEST_SCOPE = "clip_search_suggest"
+DEFAULT_THROTTLE_RATES: dict[str, str] = {SEARCH_SCOPE: "120/min", IMAGE_SCOPE: "20/min",
+                                          SUGGEST_SCOPE: "600/min"}
 
 VERSIONS = ("v1",)
 

@@ -28,6 +28,32 @@ SEARCH_INFO_SCHEMA: dict[str, Any] = {
                   "description": "The query was cut to CLIP_SEARCH['SEARCH']['MAX_QUERY_LENGTH']."},
     "legs": {"type": "array", "items": {"type": "string", "enum": ["vector", "fulltext", "keyword"]},
              "description": "The search legs that ran."},
+    "did_you_mean": {"type": "string", "nullable": True,
+                     "description": "The query as searched when misspelt words were corrected against the "
+                                    "catalog's own words (\"umbrela\" → \"umbrella\"); null when nothing "
+                                    "was. `correct=false` searches the words as typed."},
+    "unknown_words": {"type": "array", "items": {"type": "string"},
+                      "description": "Words no product uses, in any form, that no correction reaches."},
+    "relaxed": {"type": "boolean",
+                "description": "No product has every word: the text legs ranked products having some."},
+    "capped": {"type": "boolean",
+               "description": "A search leg kept its full depth: more products may match than `count` "
+                              "(refine the query to see others)."},
+    "sort": {"type": "string", "description": "The order of the results."},
+    "sorts": {"type": "array", "description": "The orders offered (`sort` values).", "items": {
+        "type": "object", "properties": {"value": {"type": "string"}, "label": {"type": "string"}},
+        "required": ["value", "label"]}},
+    "facets": {"type": "array", "description": "Counts over every hit (not the page) per facet value, "
+                                               "under the other facets' selections; a value's count is "
+                                               "what selecting it shows.", "items": {
+        "type": "object", "required": ["name", "title", "kind", "values"], "properties": {
+            "name": {"type": "string", "description": "The query parameter that selects a value."},
+            "title": {"type": "string"},
+            "kind": {"type": "string", "enum": ["terms", "range", "boolean"]},
+            "values": {"type": "array", "items": {
+                "type": "object", "required": ["value", "label", "count", "selected"], "properties": {
+                    "value": {"type": "string"}, "label": {"type": "string"},
+                    "count": {"type": "integer"}, "selected": {"type": "boolean"}}}}}}},
     "degraded": {
         "type": "object", "additionalProperties": {"type": "string"},
         "description": "What could not answer, for people: {\"vector\": ...} (the encoder is down, "
@@ -63,26 +89,42 @@ class SearchPagination(ApiPagination):
 
     def paginate_queryset(self, queryset: QuerySet, request: Request, view: Any = None) -> list[Any]:
         self.search_info = getattr(queryset, "search_info", None)
+        self.view = view
         return super().paginate_queryset(queryset, request, view)
 
     def get_count(self, queryset: QuerySet) -> int:
         """The hits search() found, already within the queryset's filters: no COUNT(*) query
-        (with its lookup arrays, ~4 ms a page at 200k products)."""
+        (with its lookup arrays, ~4 ms a page at 200k products), unless facets narrowed them
+        (the view counted what is left)."""
+        counted = getattr(self.view, "hit_count", None)
+        if counted is not None:
+            return counted
         if self.search_info is None:
             return super().get_count(queryset)
         return len(self.search_info.hits)
 
     def get_paginated_response(self, data: list[Any]) -> Response:
-        info = self.search_info
+        from clip_search.api.facets import storefront_sorts
+        from clip_search.search import SearchInfo
+
+        info, view = self.search_info or SearchInfo(), self.view
         return Response({
             "count": self.count,
             "next": self.get_next_link(),
             "previous": self.get_previous_link(),
-            "query": info.query if info else "",
-            "truncated": info.truncated if info else False,
-            "legs": list(info.legs) if info else [],
+            "query": info.query,
+            "truncated": info.truncated,
+            "legs": list(info.legs),
             "degraded": {leg: str(DEGRADED_MESSAGES.get(leg, _("Unavailable right now.")))
-                         for leg in (info.degraded if info else {})},
+                         for leg in info.degraded},
+            "did_you_mean": info.corrected_query,
+            "unknown_words": list(info.unknown_words),
+            "relaxed": info.relaxed,
+            "capped": info.capped,
+            "sort": getattr(view, "sort", "relevance"),
+            "sorts": [{"value": name, "label": str(option["label"])}
+                      for name, option in storefront_sorts(view.registration).items()],
+            "facets": getattr(view, "facet_counts", []),
             "results": data,
         })
 

@@ -21,16 +21,44 @@ from clip_search.registry import Registration, read_path, registry
 # --------------------------------------------------------------------------- parameters
 
 
-class SearchParamsSerializer(serializers.Serializer):
+class ResultParamsSerializer(serializers.Serializer):
+    """What every storefront search takes besides its query: how to show the hits."""
+
+    explain = serializers.BooleanField(
+        default=False, help_text=_("Add each hit's evidence per search leg (`explain`)."))
+    highlight = serializers.BooleanField(
+        default=False, help_text=_("Add the hit's text fields with the matched words in <mark> (`highlight`, "
+                                   "escaped HTML)."))
+    sort = serializers.CharField(
+        default="relevance", max_length=50,
+        help_text=_("relevance (the default), or an order the shop offers (`sorts` in the response)."))
+
+
+class SearchParamsSerializer(ResultParamsSerializer):
     q = serializers.CharField(
         help_text=_("What to look for: words, a SKU or brand, quotes for a phrase, -word to exclude."))
-    explain = serializers.BooleanField(
-        default=False, help_text=_("Add each hit's evidence per search leg (`explain`)."))
+    correct = serializers.BooleanField(
+        default=True, help_text=_("false: search the words as typed (no spelling correction; "
+                                  "`did_you_mean` then stays null)."))
 
 
-class ExplainParamSerializer(serializers.Serializer):
-    explain = serializers.BooleanField(
-        default=False, help_text=_("Add each hit's evidence per search leg (`explain`)."))
+class SuggestParamsSerializer(serializers.Serializer):
+    q = serializers.CharField(required=False, allow_blank=True, default="", max_length=200, help_text=_(
+        "What the shopper has typed so far. Empty: the most common categories and brands."))
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text=_(
+        "Completions wanted (default CLIP_SEARCH['SUGGEST']['LIMIT'], at most its MAX_LIMIT)."))
+
+
+class CompletionSerializer(serializers.Serializer):
+    text = serializers.CharField(help_text=_("The completion, as the catalog writes it."))
+    kind = serializers.CharField(help_text=_(
+        "What it is: title, brand, category (the shop's suggest= kinds)."))
+    products = serializers.IntegerField(help_text=_("How many products it was found in."))
+
+
+class SuggestionsSerializer(serializers.Serializer):
+    query = serializers.CharField()
+    suggestions = CompletionSerializer(many=True)
 
 
 class ImageSearchSerializer(serializers.Serializer):
@@ -147,7 +175,20 @@ class ExplainField(serializers.Field):
         return info.explain(obj) if info is not None and self.context.get("explain") else None
 
 
-HIT_FIELDS = ("score", "rank", "explain")
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}, "nullable": True})
+class HighlightField(serializers.Field):
+    """{field: escaped HTML with the matched words in <mark>} when asked (``?highlight=1``), else null."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(source="*", read_only=True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, obj: models.Model) -> dict[str, str] | None:
+        highlights = self.context.get("highlights")
+        return None if highlights is None else highlights.get(str(obj.pk), {})
+
+
+HIT_FIELDS = ("score", "rank", "explain", "highlight")
 _serializers: dict[Any, type[serializers.Serializer]] = {}
 
 
@@ -171,6 +212,9 @@ def hit_serializer_class(base: type[serializers.Serializer], model: type[models.
         "rank": serializers.IntegerField(source="search_rank", read_only=True,
                                          help_text=_("1 for the best hit.")),
         "explain": ExplainField(),
+        "highlight": HighlightField(help_text=_(
+            "The text fields with the words the query matched in <mark>, as escaped HTML (with "
+            "`highlight=1`; else null).")),
     }
     meta = getattr(base, "Meta", None)
     fields = getattr(meta, "fields", None)

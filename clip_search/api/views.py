@@ -30,8 +30,15 @@ from rest_framework.response import Response
 from rest_framework.versioning import URLPathVersioning
 from rest_framework.views import APIView
 
-from clip_search import moderation
-from clip_search.api.conf import IMAGE_SCOPE, SEARCH_SCOPE, VERSIONS, api_options, storefront_registration
+from clip_search import facets, highlight, lexicon, moderation
+from clip_search.api.conf import (
+    IMAGE_SCOPE,
+    SEARCH_SCOPE,
+    SUGGEST_SCOPE,
+    VERSIONS,
+    api_options,
+    storefront_registration,
+)
 from clip_search.api.errors import (
     AlreadyDecided,
     ImageChanged,
@@ -39,16 +46,19 @@ from clip_search.api.errors import (
     NotIndexed,
     api_exception_handler,
 )
+from clip_search.api.facets import FacetFilterBackend, ordered, storefront_facets, storefront_sorts
 from clip_search.api.filters import filterset_class_for
 from clip_search.api.pagination import ApiPagination, SearchPagination
 from clip_search.api.schema import ApiAutoSchema, api_operation
 from clip_search.api.serializers import (
-    ExplainParamSerializer,
     ImageSearchSerializer,
+    ResultParamsSerializer,
     ReviewDecisionSerializer,
     ReviewItemSerializer,
     ReviewListParamsSerializer,
     SearchParamsSerializer,
+    SuggestionsSerializer,
+    SuggestParamsSerializer,
     result_serializer_class,
 )
 from clip_search.api.throttling import ClipScopedRateThrottle
@@ -62,11 +72,6 @@ logger = logging.getLogger(__name__)
 
 # Multipart overhead allowed on top of IMAGE["MAX_BYTES"] before a body is refused unread.
 MULTIPART_SLACK = 64 * 1024
-
-EXPLAIN_PARAMETER = OpenApiParameter(
-    "explain", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
-    description=_("Add each hit's evidence per search leg in `explain` (else null)."))
-
 
 class ApiVersioning(URLPathVersioning):
     """``/api/v1/...``; another version is a 404."""
@@ -100,9 +105,10 @@ class ApiView(GenericAPIView):
 
 
 class StorefrontView(ApiView):
-    """Search among what the shop shows, filtered by the shop's FilterSet, one page of hits."""
+    """Search among what the shop shows, filtered by the shop's FilterSet, one page of hits,
+    narrowed by the selected facets, in the requested order, with the facets' counts."""
 
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [DjangoFilterBackend, FacetFilterBackend]
     pagination_class = SearchPagination
     many_results = True
     success_description = _("A page of hits, best first, with what the search did (`legs`, `degraded`).")
@@ -129,12 +135,31 @@ class StorefrontView(ApiView):
     def search(self, queryset: models.QuerySet, **query: Any) -> models.QuerySet:
         return search(queryset, limit=clip_settings.SEARCH["LIMIT"], **query)
 
-    def respond(self, results: models.QuerySet, explain: bool) -> Response:
-        registration = self.registration
+    def result_params(self, serializer_class: type[serializers.Serializer] = ResultParamsSerializer
+                      ) -> dict[str, Any]:
+        params = self.validated(serializer_class, self.request.query_params)
+        if params["sort"] not in storefront_sorts(self.registration):
+            message = _("Unknown order %(sort)s.") % {"sort": params["sort"]}
+            raise exceptions.ValidationError({"sort": [message]})
+        return params
+
+    def respond(self, results: models.QuerySet, params: dict[str, Any]) -> Response:
+        """A page of ``results`` as ``params`` (ResultParamsSerializer) and the facets ask."""
+        registration, info = self.registration, results.search_info
+        declared, selected = storefront_facets(registration), getattr(self, "facet_selection", {})
+        if selected:
+            results = results.filter(facets.narrowing(declared, selected))
+            self.hit_count = results.count()
+        results = ordered(results, registration, params["sort"])
         results = results.select_related(*registration.related_paths()).prefetch_related(
             *registration.prefetch_paths())
         page = self.paginate_queryset(results)
-        context = {**self.get_serializer_context(), "search_info": results.search_info, "explain": explain}
+        context = {**self.get_serializer_context(), "search_info": info, "explain": params["explain"]}
+        if params["highlight"]:
+            context["highlights"] = highlight.highlight(registration, page, info.terms, using=results.db)
+        self.facet_counts = facets.count(registration.model, list(info.hits), declared, selected,
+                                         using=results.db) if declared else []
+        self.sort = params["sort"]
         serializer = self.get_serializer_class()(page, many=True, context=context)
         return self.get_paginated_response(serializer.data)
 
@@ -152,9 +177,10 @@ class SearchView(StorefrontView):
         operation_id="search_text", tags=["search"], summary=_("Search products by words"),
         description=SEARCH_DESCRIPTION, parameters=[SearchParamsSerializer])
     def get(self, request: Request, version: str) -> Response:
-        params = self.validated(SearchParamsSerializer, request.query_params)
-        results = self.search(self.filter_queryset(self.get_queryset()), text=params["q"])
-        return self.respond(results, params["explain"])
+        params = self.result_params(SearchParamsSerializer)
+        results = self.search(self.filter_queryset(self.get_queryset()), text=params["q"],
+                              correct=params["correct"])
+        return self.respond(results, params)
 
 
 class ImageSearchView(StorefrontView):
@@ -175,14 +201,14 @@ class ImageSearchView(StorefrontView):
             "(200 with `degraded.image`). Throttle scope: `clip_search_image`, stricter than "
             "`clip_search`."),
         request={"multipart/form-data": ImageSearchSerializer},
-        parameters=[EXPLAIN_PARAMETER])
+        parameters=[ResultParamsSerializer])
     def post(self, request: Request, version: str) -> Response:
         _refuse_oversized_body(request)
-        params = self.validated(ImageSearchSerializer, request.data)
-        explain = self.validated(ExplainParamSerializer, request.query_params)["explain"]
-        data = _read_upload(params["image"])
-        results = self.search_by_image(self.filter_queryset(self.get_queryset()), data, params["q"])
-        return self.respond(results, explain)
+        body = self.validated(ImageSearchSerializer, request.data)
+        params = self.result_params()
+        data = _read_upload(body["image"])
+        results = self.search_by_image(self.filter_queryset(self.get_queryset()), data, body["q"])
+        return self.respond(results, params)
 
     def search_by_image(self, queryset: models.QuerySet, data: bytes, text: str) -> models.QuerySet:
         """A rejected image is the client's error, a database error the database's (answered by
@@ -240,15 +266,15 @@ class SimilarView(StorefrontView):
         parameters=[
             OpenApiParameter("product_id", OpenApiTypes.STR, OpenApiParameter.PATH,
                              description=_("The product's primary key.")),
-            EXPLAIN_PARAMETER])
+            ResultParamsSerializer])
     def get(self, request: Request, version: str, product_id: str) -> Response:
-        explain = self.validated(ExplainParamSerializer, request.query_params)["explain"]
+        params = self.result_params()
         product = self.get_product(product_id)
         try:
             results = self.search(self.filter_queryset(self.get_queryset()), like=product)
         except SearchError as error:
             raise NotIndexed(str(error)) from error
-        return self.respond(results, explain)
+        return self.respond(results, params)
 
     def get_product(self, pk: str) -> models.Model:
         """The shown product whose picture may be searched by; 404 hides the rest."""
@@ -263,6 +289,33 @@ class SimilarView(StorefrontView):
         if status != Embedding.Status.INDEXED:
             raise NotIndexed()
         return product
+
+
+class SuggestView(ApiView):
+    """Search-as-you-type: completions from the catalog's titles, brands and categories."""
+
+    throttle_scope = SUGGEST_SCOPE
+    serializer_class = SuggestionsSerializer
+    success_description = _("Completions, most products first.")
+    error_responses = {400: None, 429: None}
+
+    def get_throttles(self) -> list[Any]:
+        return [*super().get_throttles(), ClipScopedRateThrottle()]
+
+    @api_operation(
+        operation_id="suggest", tags=["search"], summary=_("Complete what the shopper is typing"),
+        description=_(
+            "Titles, brands and categories whose words start with what is typed (\"red ba\" → "
+            "\"Red backpack\"), most products first; when none does, the nearest by spelling "
+            "(\"bakcpack\"). Only phrases of products the storefront shows. With an empty `q`, the "
+            "most common categories and brands. Throttle scope: `clip_search_suggest`."),
+        parameters=[SuggestParamsSerializer])
+    def get(self, request: Request, version: str) -> Response:
+        params = self.validated(SuggestParamsSerializer, request.query_params)
+        registration = storefront_registration()
+        completions = lexicon.suggest(registration, params["q"], limit=params.get("limit"),
+                                      using=registration.get_queryset().db)
+        return Response(SuggestionsSerializer({"query": params["q"], "suggestions": completions}).data)
 
 
 class ReviewView(ApiView):

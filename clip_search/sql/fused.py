@@ -15,6 +15,9 @@ from clip_search.sql.scope import Scope
 # matches a tenth of the catalog (a brand, "backpack", a SKU prefix) then costs a bounded read,
 # not the ranking of every match (~30 ms for 18k rows at 200k products).
 READ_FACTOR = 10
+# Products having every word of a query, among its vector hits, from which their median
+# distance is taken as the bar for products only the vector leg found (``_relevant``).
+MEDIAN_OF = 5
 
 
 @dataclass
@@ -42,6 +45,9 @@ class FusedQuery:
     # no word of the query matched any product's text or keywords.
     window: float | None = None
     floor: float | None = None
+    # The vector comes from the query's words alone (not a picture, not "more like this"): its
+    # hits answer to the relevance rules of ``_relevant``.
+    vector_from_text: bool = False
 
 
 @dataclass
@@ -103,37 +109,70 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
         score_terms.append("CASE WHEN keyword_leg.exact THEN %s ELSE 0 END")
         params.append(float(query.exact_boost))
     columns = {
-        "vector": "vector_leg.rank, vector_leg.distance",
-        "fulltext": "fulltext_leg.rank, fulltext_leg.score",
-        "keyword": "keyword_leg.rank, keyword_leg.exact, keyword_leg.similarity",
+        "vector": "vector_leg.rank AS vector_rank, vector_leg.distance",
+        "fulltext": "fulltext_leg.rank AS fulltext_rank, fulltext_leg.score",
+        "keyword": "keyword_leg.rank AS keyword_rank, keyword_leg.exact, keyword_leg.similarity",
     }
-    empty = {"vector": "NULL::bigint, NULL::float8", "fulltext": "NULL::bigint, NULL::float4",
-             "keyword": "NULL::bigint, NULL::boolean, NULL::float4"}
+    empty = {"vector": "NULL::bigint AS vector_rank, NULL::float8",
+             "fulltext": "NULL::bigint AS fulltext_rank, NULL::float4",
+             "keyword": "NULL::bigint AS keyword_rank, NULL::boolean, NULL::float4"}
     select = ", ".join(columns[name] if name in names else empty[name] for name in columns)
-    capped = " OR ".join(f"(SELECT count(*) FROM {name}_leg) >= %s" for name in names)
-    params.extend(int(query.depth[name]) for name in names)
-    relaxed = "(SELECT bool_or(relaxed) FROM fulltext_leg)" if "fulltext" in names else "false"
-    where, where_params = _floor(query, names)
-    statement = (
-        f"WITH {', '.join(ctes)} "
-        f"SELECT object_pk, ({' + '.join(score_terms)})::float8 AS fused_score, {select}, "
-        f"({capped}) AS capped, COALESCE({relaxed}, false) AS relaxed "
-        f"FROM {joined} {where} ORDER BY fused_score DESC, object_pk LIMIT %s"
-    )
+    where, where_params = _relevant(query, names)
     params.extend(where_params)
+    # More products may match than the hits: a leg kept its full depth (the vector leg's last
+    # hit still relevant), or the hits themselves are more than the limit.
+    capped = [f"(SELECT count(*) FROM {name}_leg) >= %s" for name in names if name != "vector"]
+    params.extend(int(query.depth[name]) for name in names if name != "vector")
+    if "vector" in names:
+        capped.append("((SELECT count(*) FROM vector_leg) >= %s AND EXISTS ("
+                      "SELECT FROM fused WHERE vector_rank = (SELECT max(rank) FROM vector_leg)))")
+        params.append(int(query.depth["vector"]))
+    capped.append("(SELECT count(*) FROM fused) > %s")
+    params.append(int(query.limit))
+    relaxed = "(SELECT bool_or(relaxed) FROM fulltext_leg)" if "fulltext" in names else "false"
+    statement = (
+        f"WITH {', '.join(ctes)}, fused AS MATERIALIZED ("
+        f"SELECT object_pk, ({' + '.join(score_terms)})::float8 AS fused_score, {select} "
+        f"FROM {joined} {where}) "
+        f"SELECT *, ({' OR '.join(capped)}) AS capped, COALESCE({relaxed}, false) AS relaxed "
+        f"FROM fused ORDER BY fused_score DESC, object_pk LIMIT %s"
+    )
     params.append(int(query.limit))
     return statement, params
 
 
-def _floor(query: FusedQuery, names: list[str]) -> tuple[str, list]:
-    """A text query none of whose words any product's text or keywords hold is answered by the
-    vector leg alone: its hits must then be nearer than what made-up words reach (the noise
-    floor, ``calibration``), or a query that means nothing here would list the nearest anything."""
-    if query.floor is None or "vector" not in names:
+def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
+    """Which hits only the vector leg found a text query keeps.
+
+    - When products have every word of the query, they show how near a relevant product's
+      picture is to it: a product no text leg found must be at least as near as the median of
+      those (of the ones among the vector hits, when there are ``MEDIAN_OF`` or more: the median
+      of two is no estimate, and a query naming a brand, colour and kind that one product has
+      would drop the other brands' products of that colour and kind). "umbrella" then keeps a
+      picture CLIP finds more umbrella-like than most products titled umbrella, and drops the
+      hundred things merely nearer than the rest of the catalog.
+    - When no word matched any product's text, the vector leg answers alone (a SKU or a brand
+      the keyword leg matched means nothing to CLIP): its hits must be nearer than what made-up
+      words reach (the noise floor, ``calibration``), or a query that means nothing here would
+      list the nearest anything, and an exact SKU would be followed by a hundred strangers.
+    """
+    if not query.vector_from_text or "vector" not in names:
         return "", []
-    conditions = ["vector_leg.distance IS NULL", "vector_leg.distance <= %s",
-                  *(f"EXISTS (SELECT FROM {name}_leg)" for name in names if name != "vector")]
-    return "WHERE " + " OR ".join(conditions), [float(query.floor)]
+    text_legs = [name for name in names if name != "vector"]
+    found_by_words = [f"{name}_leg.rank IS NOT NULL" for name in text_legs]
+    conditions, params = [], []
+    if "fulltext" in names:
+        conditions.append(" OR ".join([*found_by_words, """vector_leg.distance <= COALESCE((
+            SELECT CASE WHEN count(*) >= %s THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY v.distance) END
+            FROM vector_leg v JOIN fulltext_leg f USING (object_pk) WHERE NOT f.relaxed), 2)"""]))
+        params.append(MEDIAN_OF)
+    if query.floor is not None:
+        # A SKU or a brand matched by the keyword leg means nothing to CLIP: only words found in
+        # the products' text vouch that the query is about something the pictures can show.
+        vouched = ["EXISTS (SELECT FROM fulltext_leg)"] if "fulltext" in names else []
+        conditions.append(" OR ".join([*found_by_words, "vector_leg.distance <= %s", *vouched]))
+        params.append(float(query.floor))
+    return ("WHERE " + " AND ".join(f"({c})" for c in conditions), params) if conditions else ("", [])
 
 
 def _vector_leg(query: FusedQuery) -> tuple[str, list]:

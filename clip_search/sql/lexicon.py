@@ -108,44 +108,45 @@ def analyse(content_type_id: int, encoder_id: int, config: str, words: list[str]
     return facts
 
 
-def suggest(content_type_id: int, prefix_query: str, text: str, live_statuses: list[str], limit: int,
+LIVE = ("EXISTS (SELECT FROM clip_search_embedding e "
+        "WHERE e.id = ANY(s.embeddings) AND e.status = ANY(%s))")
+
+
+def suggest(content_type_id: int, prefix_query: str, live_statuses: list[str], limit: int,
             using: str = "default") -> list[tuple[str, str, int]]:
     """(kind, text, products) completing ``prefix_query`` (a ``to_tsquery('simple')`` text: every
-    word whole but the last, which is a prefix), most products first; when none does, the
-    nearest by trigram word similarity to ``text`` (a typo: "bakcpack"). Only suggestions one of
+    word whole but the last, which is a prefix), most products first; only suggestions one of
     whose products is still in the storefront."""
-    live = ("EXISTS (SELECT FROM clip_search_embedding e "
-            "WHERE e.id = ANY(s.embeddings) AND e.status = ANY(%s))")
     with connections[using].cursor() as cursor:
         cursor.execute(f"""
-            WITH prefixed AS MATERIALIZED (
-                SELECT kind, text, products FROM (
-                    SELECT * FROM clip_search_suggestion
-                    WHERE content_type_id = %s AND document @@ to_tsquery('simple', %s)
-                    ORDER BY products DESC, length(text), text LIMIT %s) AS s
-                WHERE {live})
-            SELECT kind, text, products FROM prefixed
-            UNION ALL
-            (SELECT kind, text, products FROM (
+            SELECT kind, text, products FROM (
                 SELECT * FROM clip_search_suggestion
-                WHERE content_type_id = %s AND %s <%% key AND NOT EXISTS (SELECT FROM prefixed)
+                WHERE content_type_id = %s AND document @@ to_tsquery('simple', %s)
+                ORDER BY products DESC, length(text), text LIMIT %s) AS s
+            WHERE {LIVE} LIMIT %s""", [content_type_id, prefix_query, limit * 3, live_statuses, limit])
+        return cursor.fetchall()
+
+
+def nearest_suggestions(content_type_id: int, text: str, live_statuses: list[str], limit: int,
+                        using: str = "default") -> list[tuple[str, str, int]]:
+    """The suggestions containing something nearest ``text`` by trigram word similarity."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"""
+            SELECT kind, text, products FROM (
+                SELECT * FROM clip_search_suggestion WHERE content_type_id = %s AND %s <%% key
                 ORDER BY word_similarity(%s, key) DESC, products DESC LIMIT %s) AS s
-             WHERE {live})
-            LIMIT %s""", [content_type_id, prefix_query, limit * 3, live_statuses,
-                          content_type_id, text.lower(), text.lower(), limit * 3, live_statuses, limit])
-        rows = cursor.fetchall()
-    return rows[:limit]
+            WHERE {LIVE} LIMIT %s""", [content_type_id, text.lower(), text.lower(), limit * 3, live_statuses,
+                                       limit])
+        return cursor.fetchall()
 
 
 def top_suggestions(content_type_id: int, live_statuses: list[str], kinds: list[str], limit: int,
                     using: str = "default") -> list[tuple[str, str, int]]:
     """What to offer before a word is typed: the suggestions of ``kinds`` with most products."""
     with connections[using].cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(f"""
             SELECT kind, text, products FROM (
                 SELECT * FROM clip_search_suggestion WHERE content_type_id = %s AND kind = ANY(%s)
                 ORDER BY products DESC, text LIMIT %s) AS s
-            WHERE EXISTS (SELECT FROM clip_search_embedding e WHERE e.id = ANY(s.embeddings)
-                          AND e.status = ANY(%s))
-            LIMIT %s""", [content_type_id, kinds, limit * 3, live_statuses, limit])
+            WHERE {LIVE} LIMIT %s""", [content_type_id, kinds, limit * 3, live_statuses, limit])
         return cursor.fetchall()

@@ -1,6 +1,8 @@
 """What the demo shop plugs into clip_search.api: its result serializer and its filters.
 
-Named in settings (``CLIP_SEARCH_API``); a real shop writes the same two classes.
+Named in settings (``CLIP_SEARCH_API``); a real shop writes the same two classes. Category, brand,
+price bands and stock are facets there (counted, and selected as ``?category=mug``); the
+FilterSet keeps what a shopper types: a price range of their own.
 """
 
 from django.utils.translation import gettext_lazy as _
@@ -8,7 +10,7 @@ from django_filters import rest_framework as filters
 from rest_framework import serializers
 
 from clip_search.api.serializers import ImageUrlField
-from shop_demo.catalog.models import Category, Product
+from shop_demo.catalog.models import Product
 
 
 class ProductSerializer(serializers.ModelSerializer):
@@ -23,17 +25,11 @@ class ProductSerializer(serializers.ModelSerializer):
 
 
 class ProductFilterSet(filters.FilterSet):
-    category = filters.ModelChoiceFilter(
-        field_name="category", to_field_name="slug", queryset=Category.objects.all(),
-        help_text=_("A category slug, e.g. mug."))
-    brand = filters.CharFilter(field_name="brand__name", lookup_expr="iexact",
-                               help_text=_("A brand name (any case)."))
     min_price = filters.NumberFilter(field_name="price", lookup_expr="gte",
                                      help_text=_("Lowest price, inclusive."))
     max_price = filters.NumberFilter(field_name="price", lookup_expr="lte",
                                      help_text=_("Highest price, inclusive."))
-    in_stock = filters.BooleanFilter(help_text=_("true: only products in stock."))
 
     class Meta:
         model = Product
-        fields = ["category", "brand", "min_price", "max_price", "in_stock"]
+        fields = ["min_price", "max_price"]

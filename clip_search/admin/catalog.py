@@ -1,20 +1,10 @@
-"""The Django admin staff use to search the catalog and review quarantined uploads.
-
-``ClipSearchAdminMixin`` goes in front of the shop's *own* ModelAdmin of a registered model
-(``class ProductAdmin(ClipSearchAdminMixin, admin.ModelAdmin)``): the changelist search box
-runs hybrid search, the list gets a thumbnail and an embedding-status column, and staff get
-search by image, "similar products", an explain page and a re-embed action. The shop's
-model and its other admin options stay as they are.
-
-The review queue (``ReviewItem``), the embeddings and the encoder models get admins of their
-own, registered on the default admin site.
-"""
+"""``ClipSearchAdminMixin``: hybrid search, image search, "similar" and "explain" in the shop's own
+changelist of a registered model, and ``extend_admin`` for an admin another app registered."""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import update_wrapper
 from typing import Any
 from urllib.parse import urlencode
@@ -24,149 +14,36 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import model_ngettext, quote, unquote
 from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR, ChangeList
-from django.contrib.auth import get_permission_codename
-from django.contrib.contenttypes.models import ContentType
 from django.core import checks
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import Case, CharField, Count, JSONField, OuterRef, Subquery, Value, When
-from django.db.models.functions import Cast, JSONObject
+from django.db.models import CharField, Value
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import select_template
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
-from clip_search import moderation
+from clip_search.admin.display import (
+    LEG_LABELS,
+    QUERY_ANNOTATION,
+    STATUS_ANNOTATION,
+    explain_legs,
+    status_annotation,
+    status_badge,
+    thumbnail,
+)
 from clip_search.conf import clip_settings
 from clip_search.imaging import ImageRejected
-from clip_search.indexing import active_encoder
-from clip_search.models import Embedding, EncoderModel, ImageEmbedding, ReviewDecision, ReviewItem
+from clip_search.models import Embedding
 from clip_search.registry import Registration, registry
-from clip_search.search import EXACT_BOOST, LEGS, SearchError, SearchInfo, search
+from clip_search.search import EXACT_BOOST, SearchError, SearchInfo, search
 from clip_search.tasks import enqueue
 
 logger = logging.getLogger(__name__)
-
-# The annotation that carries each changelist row's embedding status, error and stale flag.
-STATUS_ANNOTATION = "clip_search_row"
-# The annotation that carries the changelist's search term to the per-row explain link.
-QUERY_ANNOTATION = "clip_search_query"
 _MISSING = object()
-
-# Short badge texts, so the status column stays narrow in a busy changelist.
-BADGE_LABELS = {
-    Embedding.Status.PENDING: _("pending"),
-    Embedding.Status.INDEXED: _("indexed"),
-    Embedding.Status.FLAGGED: _("flagged"),
-    Embedding.Status.REJECTED: _("rejected"),
-    Embedding.Status.NO_IMAGE: _("no image"),
-    Embedding.Status.ERROR: _("error"),
-}
-
-LEG_LABELS = {
-    "vector": _("CLIP vector"),
-    "fulltext": _("full text"),
-    "keyword": _("keyword (SKU, brand)"),
-}
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def status_annotation(model: type[models.Model]) -> Subquery | Value:
-    """One correlated subquery giving each row its active embedding's status, error and stale flag.
-
-    ``object_pk`` is text (any primary key type fits), so the shop's pk is cast to compare:
-    the unique (content type, object pk, encoder) index answers it per row, no N+1.
-    """
-    encoder = active_encoder()
-    if encoder is None:
-        return Value(None, output_field=JSONField())
-    rows = Embedding.objects.filter(
-        content_type=ContentType.objects.get_for_model(model, for_concrete_model=False),
-        encoder=encoder, object_pk=Cast(OuterRef("pk"), CharField()))
-    row = JSONObject(status="status", error="error", stale="stale")
-    return Subquery(rows.values(row=row)[:1], output_field=JSONField())
-
-
-def thumbnail(url: str | None, alt: str, size: int = 48) -> SafeString | str:
-    if not url:
-        return "—"
-    return format_html('<img src="{}" alt="{}" class="clip-thumb" width="{}" height="{}" loading="lazy">',
-                       url, alt, size, size)
-
-
-def status_badge(status: str | None, error: str = "", stale: bool = False) -> SafeString:
-    """A coloured badge; the error (why it failed, or why it is stale) is its tooltip."""
-    if not status:
-        return format_html('<span class="clip-status clip-status-missing">{}</span>', _("not embedded"))
-    label = BADGE_LABELS.get(status, status)
-    stale_class = " clip-status-stale" if stale else ""
-    suffix = format_html(" ({})", _("stale")) if stale else ""
-    return format_html('<span class="clip-status clip-status-{}{}" title="{}">{}{}</span>',
-                       status, stale_class, error, label, suffix)
-
-
-def admin_change_url(obj: models.Model, site_name: str = admin.site.name) -> str | None:
-    """The admin change page of any object, or None when its model has no admin here."""
-    opts = obj._meta
-    try:
-        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)],
-                       current_app=site_name)
-    except NoReverseMatch:
-        return None
-
-
-def products_for(embeddings: Iterable[Embedding]) -> dict[tuple[int, str], models.Model]:
-    """The shop objects behind embedding rows, one query per content type (for list pages)."""
-    wanted: dict[int, set[str]] = defaultdict(set)
-    for embedding in embeddings:
-        wanted[embedding.content_type_id].add(embedding.object_pk)
-    found: dict[tuple[int, str], models.Model] = {}
-    for content_type_id, pks in wanted.items():
-        model = ContentType.objects.get_for_id(content_type_id).model_class()
-        if model is None:
-            continue
-        for obj in model._default_manager.filter(pk__in=sorted(pks)):
-            found[(content_type_id, str(obj.pk))] = obj
-    return found
-
-
-def explain_legs(info: SearchInfo, explanation: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per leg: whether it ran (or why not), the product's rank, raw measures and RRF share."""
-    options = clip_settings.SEARCH
-    rows = []
-    for leg in LEGS:
-        detail = (explanation or {}).get(leg)
-        weight = float(options["WEIGHTS"][leg])
-        rows.append({
-            "label": LEG_LABELS[leg], "ran": leg in info.legs, "why_not": info.degraded.get(leg, ""),
-            "depth": options["DEPTH"][leg], "weight": weight,
-            "rank": detail["rank"] if detail else None,
-            "measures": _measures(leg, detail) if detail else [],
-            "contribution": weight / (options["RRF_K"] + detail["rank"]) if detail else None,
-        })
-    return rows
-
-
-def _measures(leg: str, detail: dict[str, Any]) -> list[tuple[str, str]]:
-    def number(value: float | None) -> str:
-        return "—" if value is None else f"{value:.4f}"
-
-    if leg == "vector":
-        distance = detail["cosine_distance"]
-        return [(_("cosine distance"), number(distance)), (_("cosine similarity"), number(1 - distance))]
-    if leg == "fulltext":
-        return [(_("ts_rank"), number(detail["ts_rank"]))]
-    return [(_("exact match"), _("yes") if detail["exact"] else _("no")),
-            (_("trigram word similarity"), number(detail["similarity"]))]
-
-
-# --------------------------------------------------------------------------- forms
 
 
 class ImageSearchForm(forms.Form):
@@ -532,312 +409,3 @@ def extend_admin(model: type[models.Model] | str, site: admin.AdminSite = admin.
         site.unregister(model)
     site.register(model, extended)
     return extended
-
-
-# --------------------------------------------------------------------------- the review queue
-
-
-class ReviewDecisionInline(admin.TabularInline):
-    """The audit trail of an upload: read-only, never edited or deleted from the admin."""
-
-    model = ReviewDecision
-    fields = readonly_fields = ("created_at", "decision", "who", "scores", "encoder", "note")
-    extra = 0
-    can_delete = False
-    verbose_name_plural = _("audit trail")
-
-    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
-        return super().get_queryset(request).select_related("user", "encoder")
-
-    @admin.display(description=_("who"))
-    def who(self, decision: ReviewDecision) -> str:
-        if decision.user is not None:
-            return decision.user.get_username()
-        if decision.username:
-            return decision.username  # the account was deleted since
-        if decision.decision == ReviewDecision.Decision.FLAGGED:
-            return str(_("moderation (automatic)"))
-        return "—"
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Whoever may see a review item may see how it was decided.
-        opts = self.parent_model._meta
-        return any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
-                   for action in ("view", "change"))
-
-
-class ReviewItemForm(forms.ModelForm):
-    """A staff decision with an optional note; the item's own fields are read-only."""
-
-    decision = forms.ChoiceField(
-        label=_("Decision"), required=False, widget=forms.RadioSelect,
-        choices=[("", _("Keep open")), ("approve", _("Approve: make it searchable")),
-                 ("reject", _("Reject: keep it out of search"))])
-    note = forms.CharField(label=_("Note"), required=False, widget=forms.Textarea(attrs={"rows": 3}),
-                           help_text=_("Kept in the audit trail with your name."))
-
-    class Meta:
-        model = ReviewItem
-        fields: list[str] = []
-
-
-class ReviewChangeList(ChangeList):
-    def get_results(self, request: HttpRequest) -> None:
-        """Resolve every product on the page in one query per model, for the previews."""
-        super().get_results(request)
-        items = list(self.result_list)
-        products = products_for(item.embedding for item in items)
-        for item in items:
-            item.clip_product = products.get((item.embedding.content_type_id, item.embedding.object_pk))
-
-
-@admin.register(ReviewItem)
-class ReviewItemAdmin(admin.ModelAdmin):
-    """Open uploads first; approve or reject them in bulk or one by one with a note."""
-
-    form = ReviewItemForm
-    list_display = ("preview", "product", "reason", "status_badge", "flagged_categories", "score_list",
-                    "created_at", "decided_at")
-    list_display_links = ("product",)
-    list_filter = ("status", "reason")
-    list_select_related = ("embedding__content_type", "embedding__encoder", "image")
-    search_fields = ("embedding__object_pk", "image_sha256", "image_name")
-    actions = ("approve_selected", "reject_selected")
-    inlines = (ReviewDecisionInline,)
-    readonly_fields = ("large_preview", "product_link", "reason", "status", "flagged_categories",
-                       "score_list", "image_note", "image_name", "image_sha256", "created_at", "decided_at")
-
-    class Media:
-        css = {"all": ("clip_search/admin.css",)}
-
-    def get_ordering(self, request: HttpRequest) -> list:
-        open_first = Case(When(status=ReviewItem.Status.OPEN, then=Value(0)), default=Value(1))
-        return [open_first.asc(), "-created_at"]
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return ReviewChangeList
-
-    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
-        return super().get_queryset(request).select_related("embedding__content_type", "embedding__encoder",
-                                                            "image")
-
-    def get_fieldsets(self, request: HttpRequest, obj: ReviewItem | None = None) -> list:
-        fieldsets = [(None, {"fields": self.readonly_fields})]
-        is_open = obj is not None and obj.status == ReviewItem.Status.OPEN
-        if is_open and self.has_change_permission(request, obj):
-            fieldsets.append((_("Decision"), {"fields": ("decision", "note")}))
-        return fieldsets
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # items come from moderation, never by hand
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # deleting one would delete its audit trail
-
-    # ----------------------------------------------------------------- columns
-
-    def _product(self, item: ReviewItem) -> models.Model | None:
-        if not hasattr(item, "clip_product"):  # the change page: a single item
-            item.clip_product = products_for([item.embedding]).get(
-                (item.embedding.content_type_id, item.embedding.object_pk))
-        return item.clip_product
-
-    def _preview(self, item: ReviewItem, size: int) -> SafeString | str:
-        """The reviewed image itself (a product may have several), while the product has it."""
-        product = self._product(item)
-        if product is None or not registry.is_registered(type(product)):
-            return "—"
-        url = moderation.reviewed_image_url(item, product, registry.get(type(product)))
-        return thumbnail(url, str(product), size)
-
-    @admin.display(description=_("image"))
-    def preview(self, item: ReviewItem) -> SafeString | str:
-        return self._preview(item, 64)
-
-    @admin.display(description=_("image"))
-    def large_preview(self, item: ReviewItem) -> SafeString | str:
-        return self._preview(item, 256)
-
-    @admin.display(description=_("product"))
-    def product(self, item: ReviewItem) -> str:
-        product = self._product(item)
-        if product is None:
-            return str(_("deleted (%(pk)s)") % {"pk": item.embedding.object_pk})
-        return str(product)
-
-    @admin.display(description=_("product"))
-    def product_link(self, item: ReviewItem) -> SafeString | str:
-        product = self._product(item)
-        url = product is not None and admin_change_url(product, self.admin_site.name)
-        return format_html('<a href="{}">{}</a>', url, product) if url else self.product(item)
-
-    @admin.display(description=_("status"), ordering="status")
-    def status_badge(self, item: ReviewItem) -> SafeString:
-        return format_html('<span class="clip-review clip-review-{}">{}</span>', item.status,
-                           item.get_status_display())
-
-    @admin.display(description=_("categories"))
-    def flagged_categories(self, item: ReviewItem) -> str:
-        return ", ".join(item.categories) or "—"
-
-    @admin.display(description=_("scores"))
-    def score_list(self, item: ReviewItem) -> SafeString | str:
-        scores = sorted((item.scores or {}).items(), key=lambda pair: -pair[1])
-        if not scores:
-            return "—"
-        rows = (("clip-over" if name in item.categories else "", name, f"{score:.3f}")
-                for name, score in scores)
-        return format_html_join(mark_safe("<br>"), '<span class="{}">{}: {}</span>', rows)
-
-    @admin.display(description=_("current image"))
-    def image_note(self, item: ReviewItem) -> str:
-        if item.image is not None and item.image.sha256 == item.image_sha256:
-            return str(_("The product has this image (image %(n)d of its pictures).") % {
-                "n": item.image.position + 1})
-        return str(_("The product no longer has this image: a decision on it is refused."))
-
-    # ----------------------------------------------------------------- decisions
-
-    def save_model(self, request: HttpRequest, obj: ReviewItem, form: forms.Form, change: bool) -> None:
-        """The item's fields are read-only: saving means recording the decision, if any."""
-        decision = form.cleaned_data.get("decision")
-        if not decision:
-            return
-        decide = moderation.approve if decision == "approve" else moderation.reject
-        try:
-            decide(obj, user=request.user, note=form.cleaned_data.get("note", ""))
-        except moderation.ImageChanged:
-            self.message_user(request, _("The product no longer has this image; the item was closed as "
-                                         "superseded and nothing else was changed."), messages.WARNING)
-        except moderation.DecisionRefused:
-            self.message_user(request, _("This item was already decided; nothing was changed."),
-                              messages.WARNING)
-
-    @admin.action(description=_("Approve selected uploads (make them searchable)"), permissions=["change"])
-    def approve_selected(self, request: HttpRequest, queryset: models.QuerySet) -> None:
-        self._decide(request, queryset, moderation.approve, _("approved"))
-
-    @admin.action(description=_("Reject selected uploads (keep them out of search)"), permissions=["change"])
-    def reject_selected(self, request: HttpRequest, queryset: models.QuerySet) -> None:
-        self._decide(request, queryset, moderation.reject, _("rejected"))
-
-    def _decide(self, request: HttpRequest, queryset: models.QuerySet, decide: Callable, verb: str) -> None:
-        """Decide each open item; items already decided are reported and left alone."""
-        done = skipped = 0
-        for item in queryset:
-            try:
-                decide(item, user=request.user)
-            except moderation.DecisionRefused:
-                skipped += 1
-            else:
-                done += 1
-        if done:
-            self.message_user(request, ngettext(
-                "%(count)d upload %(verb)s.", "%(count)d uploads %(verb)s.", done) % {
-                "count": done, "verb": verb}, messages.SUCCESS)
-        if skipped:
-            self.message_user(request, ngettext(
-                "%(count)d selected upload was already decided, or its product no longer has the image, "
-                "and was left as it is.",
-                "%(count)d selected uploads were already decided, or their products no longer have the "
-                "image, and were left as they are.", skipped) % {
-                "count": skipped}, messages.WARNING)
-
-
-# --------------------------------------------------------------------------- read-only tables
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by clip_search's pipeline: staff look, the pipeline writes."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class ImageEmbeddingInline(admin.TabularInline):
-    """A product's images: what each was scored (the vector itself helps nobody here)."""
-
-    model = ImageEmbedding
-    fields = readonly_fields = ("position", "name", "size", "sha256", "verdict", "moderation_scores", "error",
-                                "embedded_at")
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(Embedding)
-class EmbeddingAdmin(ReadOnlyAdmin):
-    list_display = ("object_link", "content_type", "encoder", "status_badge", "stale", "attempts",
-                    "short_error", "updated_at")
-    list_filter = ("status", "stale", ("encoder", admin.RelatedOnlyFieldListFilter),
-                   ("content_type", admin.RelatedOnlyFieldListFilter))
-    list_select_related = ("content_type", "encoder")
-    search_fields = ("object_pk", "error", "keywords")
-    exclude = ("search_document",)  # a tsvector helps nobody here
-    inlines = (ImageEmbeddingInline,)
-
-    class Media:
-        css = {"all": ("clip_search/admin.css",)}
-
-    @admin.display(description=_("object"), ordering="object_pk")
-    def object_link(self, row: Embedding) -> SafeString | str:
-        try:
-            url = reverse(f"admin:{row.content_type.app_label}_{row.content_type.model}_change",
-                          args=[quote(row.object_pk)], current_app=self.admin_site.name)
-        except NoReverseMatch:
-            return row.object_pk
-        return format_html('<a href="{}">{}</a>', url, row.object_pk)
-
-    @admin.display(description=_("status"), ordering="status")
-    def status_badge(self, row: Embedding) -> SafeString:
-        return status_badge(row.status, row.error, row.stale)
-
-    @admin.display(description=_("error"))
-    def short_error(self, row: Embedding) -> str:
-        return row.error if len(row.error) <= 80 else f"{row.error[:79]}…"
-
-
-@admin.register(EncoderModel)
-class EncoderModelAdmin(ReadOnlyAdmin):
-    list_display = ("name", "weights", "short_fingerprint", "dimension", "is_active", "embedding_count",
-                    "activated_at", "created_at")
-    list_filter = ("is_active",)
-    ordering = ("-is_active", "-created_at")
-    exclude = ("pretrained",)  # shown as "weights": what is stored may be a tag that never loaded
-    readonly_fields = ("weights",)
-
-    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
-        return super().get_queryset(request).annotate(embedding_count=Count("embeddings"))
-
-    @admin.display(description=_("weights"))
-    def weights(self, encoder: EncoderModel) -> str:
-        """Where the weights came from: a local-dir: row may still store a tag that never loaded."""
-        return encoder.weights_label
-
-    @admin.display(description=_("fingerprint"))
-    def short_fingerprint(self, encoder: EncoderModel) -> str:
-        return encoder.fingerprint[:12]
-
-    @admin.display(description=_("embeddings"), ordering="embedding_count")
-    def embedding_count(self, encoder: EncoderModel) -> int:
-        return encoder.embedding_count
