@@ -145,3 +145,23 @@ def activate(encoder: EncoderModel, registrations) -> None:
     with transaction.atomic():
         EncoderModel.objects.select_for_update().filter(is_active=True).update(is_active=False)
         EncoderModel.objects.filter(pk=encoder.pk).update(is_active=True, activated_at=timezone.now())
+
+
+@primary_reads()
+def finish(registrations, encoder: EncoderModel, *, calibrate: bool = True) -> str:
+    """After a reindex: build the vocabulary and suggestions of each model from its rows, and
+    measure the encoder's relevance floor on its index (clip_search.calibration). Returns what
+    was done, for the command's output."""
+    from clip_search import calibration, lexicon
+
+    done = []
+    for registration in registrations:
+        built = lexicon.refresh(registration, encoder)
+        done.append(f"{registration.label}: {built.words} words, {built.suggestions} suggestions")
+    if calibrate:
+        measured = calibration.calibrate(encoder)
+        if measured is not None:
+            window = "none" if measured.window is None else f"{measured.window:.3f}"
+            done.append(f"relevance floor {measured.noise_floor:.3f}, window {window} "
+                        f"(over {measured.objects} indexed objects)")
+    return "; ".join(done)

@@ -38,30 +38,34 @@ def imported(specs) -> list:
 
 
 @contextlib.contextmanager
-def embedded_catalog(specs: list, media: Path, django_db_blocker) -> Iterator[list[tuple]]:
-    """The drawn products, embedded inline and committed; deleted afterwards.
+def embedded_catalog(specs: list, media: Path, django_db_blocker, *, calibrate: bool = False
+                     ) -> Iterator[list[tuple]]:
+    """The drawn products, embedded inline and committed, their lexicon built (and the encoder
+    calibrated, when asked, as clip_reindex does); deleted afterwards.
 
     The database is unblocked only to create and to delete them, so a test that forgets
     the ``db`` fixture fails instead of committing its own rows (a caller whose live server
     thread queries meanwhile holds ``django_db_blocker.unblock()`` itself).
     """
-    from clip_search.bulk import reindex_inline
+    from clip_search.bulk import finish, reindex_inline
     from clip_search.indexing import register_encoder
-    from clip_search.models import Embedding, EncoderModel
+    from clip_search.models import Embedding, EncoderModel, Lexicon, Suggestion, Term
     from clip_search.registry import registry
     from shop_demo.catalog.models import Brand, Category, Product
 
     with override_settings(MEDIA_ROOT=media):
         with django_db_blocker.unblock():
             products = imported(specs)
-            summary = reindex_inline(registry.get(Product), register_encoder(), missing_only=True,
-                                     batch_size=64)
+            encoder = register_encoder()
+            summary = reindex_inline(registry.get(Product), encoder, missing_only=True, batch_size=64)
             assert not summary.errors, summary.errors
+            finish([registry.get(Product)], encoder, calibrate=calibrate)
         try:
             yield list(zip(specs, products, strict=True))
         finally:
             with django_db_blocker.unblock():
-                Embedding.objects.all().delete()
+                for model in (Lexicon, Term, Suggestion, Embedding):
+                    model.objects.all().delete()
                 EncoderModel.objects.all().delete()
                 Product.objects.all().delete()
                 Brand.objects.all().delete()

@@ -32,6 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--activate", action="store_true",
                             help="Then make that encoder active, if every product is covered.")
         parser.add_argument("--timeout", type=float, default=None, help="--async: give up after N s.")
+        parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                            help="Do not measure the encoder's relevance floor afterwards (clip_calibrate "
+                                 "does it alone; the sweep does it when the catalog changed).")
 
     @primary_reads()
     def handle(self, *args, **options):
@@ -61,6 +64,10 @@ class Command(BaseCommand):
             except ValueError as error:
                 raise CommandError(str(error)) from error
             self.stdout.write(self.style.SUCCESS(f"Encoder {encoder} is now active."))
+        if encoder.is_active or options["activate"]:
+            encoder.refresh_from_db()
+            self.stdout.write("Lexicon and calibration: " + bulk.finish(
+                registrations, encoder, calibrate=options["calibrate"]))
         if failed:
             raise CommandError(f"{failed} objects failed; their rows keep the reason (status 'error').")
 

@@ -1,0 +1,35 @@
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from clip_search import synonyms
+
+
+class Command(BaseCommand):
+    help = ("Import or export the shop's synonym sets as a synonyms file (Solr's synonyms.txt: "
+            "\"crimson, scarlet, red\" and \"rucksack => backpack\", one set per line).")
+
+    def add_arguments(self, parser):
+        action = parser.add_mutually_exclusive_group(required=True)
+        action.add_argument("--import", dest="source", metavar="FILE",
+                            help="Add the sets of FILE ('-': stdin).")
+        action.add_argument("--export", dest="target", metavar="FILE",
+                            help="Write the enabled sets to FILE ('-': stdout).")
+        parser.add_argument("--replace", action="store_true", help="--import: instead of the existing sets.")
+
+    def handle(self, *args, **options):
+        if options["target"]:
+            text = synonyms.export_file()
+            if options["target"] == "-":
+                self.stdout.write(text, ending="")
+            else:
+                Path(options["target"]).write_text(text, encoding="utf-8")
+            return
+        try:
+            text = (sys.stdin.read() if options["source"] == "-"
+                    else Path(options["source"]).read_text(encoding="utf-8-sig"))
+            added = synonyms.import_file(text, replace=options["replace"])
+        except (OSError, UnicodeDecodeError, synonyms.SynonymFileError) as error:
+            raise CommandError(f"{options['source']}: {error}") from error
+        self.stdout.write(f"{added} synonym sets imported.")
