@@ -85,7 +85,8 @@ class SearchInfo:
             "fulltext": None if hit.fulltext_rank is None else {
                 "rank": hit.fulltext_rank, "ts_rank": hit.fulltext_score},
             "keyword": None if hit.keyword_rank is None else {
-                "rank": hit.keyword_rank, "exact": hit.keyword_exact, "similarity": hit.keyword_similarity},
+                "rank": hit.keyword_rank, "exact": hit.keyword_exact, "named": hit.keyword_named,
+                "similarity": hit.keyword_similarity},
         }
 
 
@@ -137,7 +138,8 @@ def analyse(text: str, scope: sql.Scope, *, correct: bool = True, using: str = "
     parsed = parse(text)
     synonym_map = synonyms.current(using)
     correct = correct and clip_settings.SEARCH["TYPOS"]["ENABLED"]
-    spelling = lexicon.check_spelling(parsed, scope, correct=correct, protected=set(synonym_map), using=using)
+    protected = {word for term in synonym_map for word in term.split()}  # a synonym's words are the shop's
+    spelling = lexicon.check_spelling(parsed, scope, correct=correct, protected=protected, using=using)
     fixes = {term: replace(term, corrected=spelling.corrections[term.text]) for term in parsed.terms
              if term.text in spelling.corrections and not term.phrase and not term.negated}
     parsed = with_synonyms(parsed.replace_terms(fixes), synonym_map)
@@ -261,6 +263,7 @@ def _annotate(queryset: models.QuerySet, hits: list[sql.FusedHit]) -> models.Que
         fulltext_rank=at([h.fulltext_rank for h in hits], "int8", BigIntegerField()),
         keyword_rank=at([h.keyword_rank for h in hits], "int8", BigIntegerField()),
         keyword_exact=at([h.keyword_exact for h in hits], "bool", BooleanField()),
+        keyword_named=at([h.keyword_named for h in hits], "bool", BooleanField()),
     ).order_by("search_rank")
 
 

@@ -21,6 +21,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from clip_search import calibration, lexicon
 from clip_search.conf import clip_settings
 from clip_search.indexing import active_encoder, embed_objects, register_encoder, remove_object
 from clip_search.models import Embedding, EncoderModel
@@ -139,7 +140,9 @@ def sweep(batch_size: int | None = None) -> int:
     message is presumed lost; stale; failed below the retry limit) and objects without a row,
     then verifies the next ``SWEEP["VERIFY_PER_RUN"]`` objects of the catalog against their
     rows (``verify``), resuming where the previous run stopped; a pass that reaches the end
-    also deletes the rows of objects that no longer exist.
+    also deletes the rows of objects that no longer exist. Then it rebuilds each model's
+    vocabulary and suggestions if the index changed (``lexicon``), and measures the encoder's
+    relevance floor again if the catalog grew or shrank by a quarter (``calibration``).
     """
     options = clip_settings.SWEEP
     encoder = active_encoder() or register_encoder()
@@ -149,6 +152,8 @@ def sweep(batch_size: int | None = None) -> int:
         unfinished = _sweep_unfinished(registration, encoder, pending_after)
         queued += len(unfinished) + verify_slice(registration, encoder, limit=options["VERIFY_PER_RUN"],
                                                  batch_size=batch_size, queued=set(unfinished))
+        lexicon.refresh_if_stale(registration, encoder)
+    calibration.calibrate_if_stale(encoder)
     logger.info("clip_search sweep queued %d objects", queued)
     return queued
 

@@ -149,7 +149,11 @@ class FulltextEvidenceSerializer(serializers.Serializer):
 
 class KeywordEvidenceSerializer(serializers.Serializer):
     rank = serializers.IntegerField()
-    exact = serializers.BooleanField(help_text=_("The query (or a word of it) is a whole keyword value."))
+    exact = serializers.BooleanField(help_text=_(
+        "The whole query, or an identifier in it (a SKU), is one of the product's keyword values."))
+    named = serializers.BooleanField(help_text=_(
+        "A keyword value of the product (a brand) is named inside the query, and the product has its "
+        "other words too."))
     similarity = serializers.FloatField(allow_null=True, help_text=_("Trigram word similarity."))
 
 

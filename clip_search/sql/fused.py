@@ -59,7 +59,8 @@ class FusedHit:
     fulltext_rank: int | None
     fulltext_score: float | None
     keyword_rank: int | None
-    keyword_exact: bool
+    keyword_exact: bool  # the whole query or an identifier in it is one of its keyword values
+    keyword_named: bool  # a keyword value (a brand) is named inside the query
     keyword_similarity: float | None
 
 
@@ -111,11 +112,12 @@ def fused_statement(query: FusedQuery) -> tuple[str, list] | None:
     columns = {
         "vector": "vector_leg.rank AS vector_rank, vector_leg.distance",
         "fulltext": "fulltext_leg.rank AS fulltext_rank, fulltext_leg.score",
-        "keyword": "keyword_leg.rank AS keyword_rank, keyword_leg.exact, keyword_leg.similarity",
+        "keyword": ("keyword_leg.rank AS keyword_rank, keyword_leg.exact, keyword_leg.phrase, "
+                    "keyword_leg.similarity"),
     }
     empty = {"vector": "NULL::bigint AS vector_rank, NULL::float8",
              "fulltext": "NULL::bigint AS fulltext_rank, NULL::float4",
-             "keyword": "NULL::bigint AS keyword_rank, NULL::boolean, NULL::float4"}
+             "keyword": "NULL::bigint AS keyword_rank, NULL::boolean, NULL::boolean, NULL::float4"}
     select = ", ".join(columns[name] if name in names else empty[name] for name in columns)
     where, where_params = _relevant(query, names)
     params.extend(where_params)
@@ -347,7 +349,7 @@ def _keyword_leg(query: FusedQuery, others: list[str]) -> tuple[str, list]:
     return f"""
         WITH exact AS MATERIALIZED ({exact})
         SELECT object_pk, rank() OVER (ORDER BY exact DESC, phrase DESC, agreed, similarity DESC) AS rank,
-               exact, similarity FROM (
+               exact, phrase, similarity FROM (
             SELECT object_pk, bool_or(exact) AS exact, bool_or(phrase) AS phrase,
                    max(similarity) AS similarity,
                    -- exact values rank as the other legs ranked the product; named ones as the
@@ -371,8 +373,8 @@ def fused_search(query: FusedQuery, using: str = "default") -> FusedResult:
     if not rows:
         return FusedResult()
     return FusedResult(
-        hits=[FusedHit(pk, score, vr, vd, fr, fs, kr, bool(ke), ks)
-              for pk, score, vr, vd, fr, fs, kr, ke, ks, _capped, _relaxed in rows],
+        hits=[FusedHit(pk, score, vr, vd, fr, fs, kr, bool(ke), bool(kn), ks)
+              for pk, score, vr, vd, fr, fs, kr, ke, kn, ks, _capped, _relaxed in rows],
         capped=bool(rows[0][-2]), relaxed=bool(rows[0][-1]))
 
 
