@@ -102,6 +102,9 @@ def register_product(**overrides: Any) -> Registration | None:
         images=product_images,
         text=[title, attribute_text, "description", category_names],
         keywords=[keywords],
+        # Search-as-you-type: titles and category names (both already text sources, so the
+        # rows' digests are unchanged).
+        suggest={"title": title, "category": category_names},
         queryset=lambda: Product.objects.browsable(),
         related={
             "catalogue.ProductImage": lambda image: with_variants(_related_product(image)),
