@@ -98,6 +98,11 @@ class ApiView(GenericAPIView):
     def get_permissions(self) -> list[Any]:
         return [import_string(path)() for path in api_options()[self.permission_option]]
 
+    def get_throttles(self) -> list[Any]:
+        """A view with a ``throttle_scope`` is throttled by it (rates read per request)."""
+        scoped = [ClipScopedRateThrottle()] if getattr(self, "throttle_scope", None) else []
+        return [*super().get_throttles(), *scoped]
+
     def validated(self, serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
         serializer = serializer_class(data=data)
         serializer.is_valid(raise_exception=True)
@@ -128,9 +133,6 @@ class StorefrontView(ApiView):
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return result_serializer_class(self.registration)
-
-    def get_throttles(self) -> list[Any]:
-        return [*super().get_throttles(), ClipScopedRateThrottle()]
 
     def search(self, queryset: models.QuerySet, **query: Any) -> models.QuerySet:
         return search(queryset, limit=clip_settings.SEARCH["LIMIT"], **query)
@@ -298,9 +300,6 @@ class SuggestView(ApiView):
     serializer_class = SuggestionsSerializer
     success_description = _("Completions, most products first.")
     error_responses = {400: None, 429: None}
-
-    def get_throttles(self) -> list[Any]:
-        return [*super().get_throttles(), ClipScopedRateThrottle()]
 
     @api_operation(
         operation_id="suggest", tags=["search"], summary=_("Complete what the shopper is typing"),
