@@ -23,6 +23,6 @@ urlpatterns = [
     path(f"{V}/schema/", views.SchemaView.as_view(), name="schema"),
     path(f"{V}/docs/", views.DocsView.as_view(), name="docs"),
     # Last: any other path ending in "/" is the API's JSON 404 (without the slash, Django's
-    # APPEND_SLASH still redirects first).
-    re_path(r"^(?:.*/)?$", views.UnknownRouteView.as_view(), name="unknown"),
+    # APPEND_SLASH still redirects first). [\s\S], not ".": a path may hold a newline (%0A).
+    re_path(r"^(?:[\s\S]*/)?$", views.UnknownRouteView.as_view(), name="unknown"),
 ]

@@ -168,11 +168,12 @@ def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
             SELECT CASE WHEN count(*) >= %s THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY v.distance) END
             FROM vector_leg v JOIN fulltext_leg f USING (object_pk) WHERE NOT f.relaxed), 2)"""]))
         params.append(MEDIAN_OF)
-    if query.floor is not None:
+    if query.floor is not None and "fulltext" in names:
         # A SKU or a brand matched by the keyword leg means nothing to CLIP: only words found in
         # the products' text vouch that the query is about something the pictures can show.
-        vouched = ["EXISTS (SELECT FROM fulltext_leg)"] if "fulltext" in names else []
-        conditions.append(" OR ".join([*found_by_words, "vector_leg.distance <= %s", *vouched]))
+        # (With the full-text leg turned off there is no such evidence either way: no floor.)
+        conditions.append(" OR ".join([*found_by_words, "vector_leg.distance <= %s",
+                                       "EXISTS (SELECT FROM fulltext_leg)"]))
         params.append(float(query.floor))
     return ("WHERE " + " AND ".join(f"({c})" for c in conditions), params) if conditions else ("", [])
 
