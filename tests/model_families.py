@@ -6,9 +6,10 @@ weights (nothing is downloaded): what ``MODEL = "local-dir:/path"`` reads.
   its 64 positions with a projection bias, a learned ``logit_bias``, and a SentencePiece-style
   (Unigram) ``tokenizer.json`` that pads with its end token ``</s>`` (id 1), as SigLIP's does.
 - ``hf_text_folder``: ``xlm-roberta-base-ViT-B-32``'s design: open_clip's ViT image tower and a
-  Hugging Face ``XLMRobertaModel`` text tower (a random one, saved with ``save_pretrained`` into
-  ``text/`` and named by its path in ``hf_model_name``), mean-pooled (or ``pooler``), with an
-  XLM-R-style tokenizer (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2) in the folder itself.
+  Hugging Face ``XLMRobertaModel`` text tower, mean-pooled (or ``pooler``), laid out as the README
+  says: one folder with the open_clip config and weights, the text model's ``config.json`` (the
+  folder names itself in ``hf_model_name``) and an XLM-R-style tokenizer (``<s>`` 0, ``<pad>`` 1,
+  ``</s>`` 2).
 
 Every parameter is nudged off its initial value (seeded), so that a zero bias or a unit norm
 cannot hide a mistake. Tokenizers are trained on the demo catalog's captions plus a few
@@ -102,24 +103,21 @@ def siglip_folder(folder: Path, seed: int = 0) -> Path:
 def hf_text_folder(folder: Path, *, pooler: str = "mean_pooler", seed: int = 0) -> Path:
     import transformers
 
-    text = folder / "text"
-    text.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _unigram(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>")
-    special = {"tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-               "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>",
-               "mask_token": "<mask>", "model_max_length": 512}
-    for where in (folder, text):  # the folder's own (open_clip reads a local-dir's) and the tower's
-        tokenizer.save(str(where / "tokenizer.json"))
-        (where / "tokenizer_config.json").write_text(json.dumps(special))
-    torch.manual_seed(seed)
-    config = transformers.XLMRobertaConfig(
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>",
+        "mask_token": "<mask>", "model_max_length": 512}))
+    transformers.XLMRobertaConfig(  # the text model's config.json only: its weights are open_clip's
         vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    transformers.XLMRobertaModel(config, add_pooling_layer=pooler == "cls_pooler").save_pretrained(text)
+        intermediate_size=128, max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    ).save_pretrained(folder)
     model_cfg = {
         "embed_dim": 48,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"hf_model_name": str(text), "hf_tokenizer_name": str(text), "hf_pooler_type": pooler,
+        "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_pooler_type": pooler,
                      "hf_proj_type": "mlp", "context_length": 32},
     }
     return _save(folder, model_cfg, {}, f"test-hf-text-{pooler}-{seed}", seed)
