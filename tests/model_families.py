@@ -18,7 +18,10 @@ translations, so queries are words and not bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,20 @@ import pytest
 import torch
 
 CONTEXT = 64  # SigLIP's
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Nothing may reach the Hugging Face Hub meanwhile (huggingface_hub reads HF_HUB_OFFLINE once,
+    at import, so its constant is set too); restored afterwards."""
+    import huggingface_hub.constants as hub
+
+    before, os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE"), "1", True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before == "1"
+        os.environ.pop("HF_HUB_OFFLINE") if before is None else os.environ.update(HF_HUB_OFFLINE=before)
 EXTRA_TEXTS = ["ein rotes Kleid", "une robe rouge", "un vestido rojo", "赤いドレス", "красное платье",
                "ÜBER-soft cashmere scarf", "Crème brûlée façade"]
 
@@ -78,7 +95,8 @@ def _save(folder: Path, model_cfg: dict, preprocess_cfg: dict, name: str, seed: 
     return folder
 
 
-def siglip_folder(folder: Path, seed: int = 0) -> Path:
+def siglip_folder(folder: Path, seed: int = 0, *, gelu: str = "none") -> Path:
+    """``gelu="tanh"``: SigLIP 2's text MLP (``act_kwargs``), which the ONNX graph does not rebuild."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _unigram(["<pad>", "</s>", "<unk>"], "$A </s>")
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -93,11 +111,12 @@ def siglip_folder(folder: Path, seed: int = 0) -> Path:
                      "hf_tokenizer_name": "timm/ViT-B-16-SigLIP",
                      "tokenizer_kwargs": {"clean": "canonicalize"},
                      "width": 64, "heads": 4, "layers": 2, "no_causal_mask": True, "proj_bias": True,
-                     "pool_type": "last", "norm_kwargs": {"eps": 1e-6}},
+                     "pool_type": "last", "norm_kwargs": {"eps": 1e-6},
+                     **({"act_kwargs": {"approximate": gelu}} if gelu != "none" else {})},
     }
     preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
                       "resize_mode": "squash"}
-    return _save(folder, model_cfg, preprocess_cfg, f"test-siglip-{seed}", seed)
+    return _save(folder, model_cfg, preprocess_cfg, f"test-siglip-{seed}-{gelu}", seed)
 
 
 def hf_text_folder(folder: Path, *, pooler: str = "mean_pooler", seed: int = 0) -> Path:

@@ -23,7 +23,7 @@ import pytest
 
 from clip_search.encoders import EncoderLoadError, EncoderSpec, TextEncoder, load_clip
 from clip_search.encoders.text_tower import HF
-from tests.model_families import hf_text_folder, indexes_and_searches, reference
+from tests.model_families import hf_text_folder, hub_offline, indexes_and_searches, reference
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,13 +45,8 @@ QUERIES = [
 
 @pytest.fixture(scope="module", autouse=True)
 def offline():
-    """Nothing here may reach the Hugging Face Hub (restored afterwards)."""
-    import huggingface_hub.constants as hub
-
-    before, os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE"), "1", True
-    yield
-    hub.HF_HUB_OFFLINE = before == "1"
-    os.environ.pop("HF_HUB_OFFLINE") if before is None else os.environ.update(HF_HUB_OFFLINE=before)
+    with hub_offline():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from clip_search.encoders.json_tokenizer import JsonTokenizer
 from clip_search.encoders.loader import LoadedClip
 from clip_search.encoders.text_tower import BIDIRECTIONAL
 from clip_search.moderation import Moderator
-from tests.model_families import CONTEXT, indexes_and_searches, reference, siglip_folder
+from tests.model_families import CONTEXT, hub_offline, indexes_and_searches, reference, siglip_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXACT = 1e-5
@@ -56,13 +56,8 @@ PATHS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def offline():
-    """Nothing here may reach the Hugging Face Hub (restored afterwards)."""
-    import huggingface_hub.constants as hub
-
-    before, os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE"), "1", True
-    yield
-    hub.HF_HUB_OFFLINE = before == "1"
-    os.environ.pop("HF_HUB_OFFLINE") if before is None else os.environ.update(HF_HUB_OFFLINE=before)
+    with hub_offline():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +169,35 @@ def test_every_text_path_gives_encode_texts_vectors(siglip, full_size, size, pat
         assert cosine >= INT8
     else:
         assert diff <= EXACT
+
+
+def test_siglip2s_tanh_gelu_runs_torch_where_onnx_cannot_rebuild_it(tmp_path, caplog):
+    clip = load_clip(EncoderSpec(f"local-dir:{siglip_folder(tmp_path / 'siglip2', seed=3, gelu='tanh')}"))
+    expected = reference(clip, QUERIES)
+    pytest.importorskip("onnxruntime")
+    with caplog.at_level(logging.WARNING, logger="clip_search.encoders.text"):
+        onnx = TextEncoder(clip, cache_size=0, backend="onnx")
+    assert onnx.backend == "torch" and "unsupported MLP activation" in caplog.text
+    assert float(np.abs(onnx.encode(QUERIES) - expected).max()) <= EXACT
+    assert cosines(TextEncoder(clip, cache_size=0, quantize=True).encode(QUERIES), expected).min() >= INT8
+
+
+def test_without_tokenizers_a_siglip_model_is_a_clear_error(folder):
+    """A base install: neither tokenizers nor transformers (which requires it)."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["tokenizers"] = sys.modules["transformers"] = None  # as far as this process can tell
+        from clip_search.encoders import EncoderLoadError, EncoderSpec, load_clip
+        try:
+            load_clip(EncoderSpec("local-dir:{folder}"))
+        except EncoderLoadError as error:
+            print(error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokenizers package, which is not installed" in result.stdout
+    assert "pip install 'clip-search[siglip]'" in result.stdout
 
 
 def test_cutting_a_siglip_query_after_its_end_token_would_be_wrong(siglip):
