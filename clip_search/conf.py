@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     # shrink before the sweep calibrates again.
     "CALIBRATION": {"NOISE_QUERIES": 200, "TITLE_QUERIES": 200, "NOISE_QUANTILE": 0.99,
                     "TITLE_QUANTILE": 0.9, "RECALIBRATE_AFTER": 0.25},
+    # THRESHOLD: a category's probability at which an image is flagged. CLIP: its share of a
+    # softmax over the safe prompts and the categories; SigLIP (a model with a logit bias): the
+    # sigmoid of that category alone, far lower for a clear match; see clip_search/moderation.py.
     "MODERATION": {
         "ENABLED": True,
         "CATEGORIES": {

@@ -1,8 +1,15 @@
 """Zero-shot moderation: score an image vector against safety prompts, decide, and review.
 
 Each category's prompts are embedded and averaged (a prompt ensemble); each safe prompt is a
-class of its own. A softmax over [safe prompts…, categories…] with the model's logit scale
-gives each category a probability; over its threshold the upload is flagged.
+class of its own. Each category gets a probability the way the model scores (``zeroshot``);
+at or over the category's THRESHOLD the upload is flagged:
+- CLIP: a softmax over [safe prompts…, categories…] with the model's logit scale. THRESHOLD is
+  the category's share of that softmax: how much more the image looks like the category than
+  like the safe prompts and the other categories.
+- SigLIP (a model with a learned ``logit_bias``): ``sigmoid(logit_scale · cos + logit_bias)``
+  of the category alone, as SigLIP was trained. THRESHOLD is the model's probability that the
+  image shows the category, whatever the safe prompts say (they take no part); trained SigLIP
+  models give clear matches far lower values than a softmax does, so set it per model.
 Moderation is per image, quarantine per product (``rows.derive_status``). Staff decisions go
 through ``approve`` / ``reject``: bound to the reviewed image (refused once the product no
 longer holds it), recorded in the audit trail, followed by the signals a shop listens to
@@ -20,6 +27,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from clip_search.conf import clip_settings
+from clip_search.zeroshot import probabilities
 
 # sender: the shop's model class; kwargs: object_pk, embedding, item (ReviewItem), scores.
 upload_flagged = Signal()
@@ -38,6 +46,10 @@ class Verdict:
 
 
 class Moderator:
+    """Judges image vectors against the prompts of ``options`` (the settings' MODERATION).
+    ``logit_scale`` is the model's (``LoadedClip.logit_scale``); its ``logit_bias``, if it has
+    one, comes with the text encoder's model and selects SigLIP's sigmoid."""
+
     def __init__(self, text_encoder, logit_scale: float, options: dict | None = None) -> None:
         options = options or clip_settings.MODERATION
         self.enabled = bool(options["ENABLED"])
@@ -45,6 +57,7 @@ class Moderator:
         self.thresholds = {name: float(c["THRESHOLD"]) for name, c in options["CATEGORIES"].items()}
         self.sample_rate = float(options["SAMPLE_RATE"])
         self.logit_scale = float(logit_scale)
+        self.logit_bias = text_encoder.clip.logit_bias
         safe = text_encoder.encode(list(options["SAFE_PROMPTS"]))
         unsafe = [_ensemble(text_encoder.encode(list(c["PROMPTS"])))
                   for c in options["CATEGORIES"].values()]
@@ -54,13 +67,9 @@ class Moderator:
     def judge(self, vectors: np.ndarray) -> list[Verdict]:
         if not self.enabled or not self.categories or len(vectors) == 0:
             return [Verdict(scores={}, flagged=[]) for _ in range(len(vectors))]
-        # float64: a confident model puts a category at exp(-100), which float32 flushes to 0.
-        logits = self.logit_scale * vectors.astype(np.float64) @ self._classes.T.astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        cosines = vectors.astype(np.float64) @ self._classes.T.astype(np.float64)
         verdicts = []
-        for row in probabilities[:, self._first_category:]:
+        for row in probabilities(cosines, self.logit_scale, self.logit_bias)[:, self._first_category:]:
             probability = dict(zip(self.categories, row, strict=True))
             flagged = [name for name, p in probability.items() if p >= self.thresholds[name]]
             # Four significant digits for the record: rounding to decimals would show 0.0.

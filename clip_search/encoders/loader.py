@@ -90,9 +90,25 @@ class LoadedClip:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp())
 
+    @property
+    def logit_bias(self) -> float | None:
+        """The learned bias of a model trained with a sigmoid loss (SigLIP), None for CLIP's
+        softmax: zero-shot scores are ``sigmoid(scale * cos + bias)`` with it."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias)
+
 
 def validate_spec(spec: EncoderSpec) -> None:
-    """Refuse a model name paired with weights trained for another activation (open_clip #771)."""
+    """Refuse weights that cannot be read, a model name paired with weights trained for another
+    activation (open_clip #771), and a model family whose run-time packages are missing."""
+    _validate_weights(spec)
+    if not spec.model.startswith((HF_CLIP, "hf-hub:")):  # an hf-hub: config is read when loading
+        from clip_search.encoders import families
+
+        families.check_requirements(spec.model, spec.pretrained)
+
+
+def _validate_weights(spec: EncoderSpec) -> None:
     import open_clip
 
     if spec.model.startswith(HF_CLIP):
@@ -200,8 +216,11 @@ def load_clip(spec: EncoderSpec, towers: Towers = "both") -> LoadedClip:
 
 
 def _create_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Any, Any]:
-    """``(model, eval preprocess, tokenizer)`` from open_clip's factory."""
+    """``(model, eval preprocess, tokenizer)`` from open_clip's factory (the tokenizer without
+    transformers where the family does not need it: ``families.tokenizer_for``)."""
     import open_clip
+
+    from clip_search.encoders import families
 
     if spec.pretrained == RANDOM:
         torch.manual_seed(0)
@@ -215,7 +234,9 @@ def _create_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Any, Any]:
                 device=spec.device,
                 load_weights=spec.pretrained != RANDOM,
             )
-        tokenizer = open_clip.get_tokenizer(spec.model)
+        tokenizer = families.tokenizer_for(spec.model)
+    except EncoderLoadError:
+        raise
     except UserWarning as error:
         raise EncoderLoadError(str(error)) from error
     except Exception as error:  # a corrupt checkpoint fails with any unpickler error; chained below
@@ -235,6 +256,9 @@ def _drop_text_tower(model: torch.nn.Module) -> None:
 
 
 def _embedding_dimension(model: torch.nn.Module) -> int:
+    text = getattr(model, "text", None)  # CustomTextCLIP: SigLIP, Hugging Face text towers
+    if text is not None and getattr(text, "output_dim", None):
+        return int(text.output_dim)
     projection = getattr(model, "text_projection", None)
     if isinstance(projection, torch.nn.Linear):
         return projection.out_features

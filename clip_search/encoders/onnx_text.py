@@ -10,7 +10,7 @@ operators per block where ``torch.onnx.export`` gives ~40. With ``quantize=True`
 matrix is stored as 8-bit integers with one scale per output channel (``QAttention`` /
 ``DynamicQuantizeMatMul``, activations quantised per call), which reads a quarter of the bytes.
 
-- ``OnnxTextTower``: the whole text tower after the embedding look-up (blocks, pooling at EOT,
+- ``OnnxTextTower``: the whole text tower after the embedding look-up (blocks, pooling,
   ``ln_final``, projection, the last two kept fp32), for ``TextEncoder(backend="onnx")``.
 - ``OnnxTransformer``: a drop-in ``nn.Module`` for an open_clip ``Transformer`` (used for the
   image tower by ``ImageEncoder(backend="onnx")``).
@@ -254,10 +254,12 @@ def _text_head(model: torch.nn.Module) -> tuple[tuple[np.ndarray, np.ndarray, fl
     return (_numpy(ln.weight), _numpy(ln.bias), float(ln.eps)), weight, bias
 
 
-def build_text_graph(model: torch.nn.Module, *, quantize: bool, weights: str = "s7") -> bytes:
+def build_text_graph(model: torch.nn.Module, *, quantize: bool, causal: bool = True,
+                     weights: str = "s7") -> bytes:
     """The text tower after the embeddings: ``x`` (N, L, width) token + position embeddings and
-    ``pool_at`` (N, 1) the EOT positions → ``features`` (N, embed_dim), not normalised.
-    ``ln_final`` (per token, so applied after pooling) and the projection stay fp32."""
+    ``pool_at`` (N, 1) the pooled positions (CLIP's EOT, SigLIP's last) → ``features``
+    (N, embed_dim), not normalised. ``ln_final`` (per token, so applied after pooling) and the
+    projection stay fp32. ``causal``: CLIP's mask; SigLIP's tower attends both ways."""
     from onnx import TensorProto, helper
 
     if weights not in WEIGHT_FORMATS:
@@ -265,7 +267,7 @@ def build_text_graph(model: torch.nn.Module, *, quantize: bool, weights: str = "
     blocks = _blocks_weights(getattr(model, "transformer", None))
     (gamma, beta, eps), projection, bias = _text_head(model)
     g = _GraphBuilder(weights)
-    residual = _add_blocks(g, blocks, quantize=quantize, causal=True)
+    residual = _add_blocks(g, blocks, quantize=quantize, causal=causal)
     pooled = g.node("GatherND", [residual, "pool_at"], batch_dims=1)[0]  # (N, width)
     normed = g.node("LayerNormalization", [pooled, g.const("ln_final_g", gamma),
                                            g.const("ln_final_b", beta)], axis=-1, epsilon=eps)[0]
@@ -323,27 +325,31 @@ class OnnxTransformer(torch.nn.Module):
 
 
 class OnnxTextTower:
-    """The whole text tower for the truncated causal forward in one ONNX Runtime session:
-    token ids → unnormalised features. The embedding look-up is a numpy index into the
-    model's own embedding table (shared memory, no copy); everything after it is the graph,
-    so a query costs one ``session.run`` and no torch operator.
+    """The whole text tower in one ONNX Runtime session (the truncated causal forward of CLIP,
+    or SigLIP's bidirectional one at full length): token ids → unnormalised features. The
+    embedding look-up is a numpy index into the model's own embedding table (shared memory, no
+    copy); everything after it is the graph, so a query costs one ``session.run`` and no torch
+    operator.
 
+    ``model``: what holds the tower's parts (the CLIP model, or a ``CustomTextCLIP``'s ``text``).
     ``threads``: intra-op threads of this session only (torch's setting is left alone).
     """
 
-    def __init__(self, model: torch.nn.Module, *, quantize: bool = True, threads: int = 1,
-                 weights: str = "s7") -> None:
+    def __init__(self, model: torch.nn.Module, *, quantize: bool = True, causal: bool = True,
+                 threads: int = 1, weights: str = "s7") -> None:
         embedding = getattr(model, "token_embedding", None)
         positions = getattr(model, "positional_embedding", None)
         if not isinstance(embedding, torch.nn.Embedding) or positions is None:
             raise UnsupportedTextTower("the text tower has no token / positional embedding")
         self.quantized, self.threads = bool(quantize), threads
-        self._session = _session(build_text_graph(model, quantize=quantize, weights=weights), threads)
+        self._session = _session(build_text_graph(model, quantize=quantize, causal=causal, weights=weights),
+                                 threads)
         self._embedding = _numpy(embedding.weight)
         self._positions = _numpy(positions)
 
     def encode(self, tokens: np.ndarray, pool_at: np.ndarray) -> np.ndarray:
-        """``tokens`` (N, L) already cut after the last EOT; ``pool_at`` (N,) EOT positions."""
+        """``tokens`` (N, L), a causal tower's already cut after the last EOT; ``pool_at`` (N,)
+        the pooled positions."""
         x = self._embedding[tokens]
         x += self._positions[: tokens.shape[1]]
         pool = np.ascontiguousarray(pool_at, dtype=np.int64).reshape(-1, 1)

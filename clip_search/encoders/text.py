@@ -4,6 +4,9 @@ The CLIP text transformer is causal and pools at the end-of-text token, so token
 batch's last EOT never influence the result: running the transformer on ``tokens[:, :L]``
 (L = last EOT + 1) gives the same vector as stock ``encode_text`` for a fraction of the work
 (a 5-word query is ~8 of 77 positions). Repeated queries come from an LRU cache.
+Other families need other rules (``text_tower``): SigLIP's bidirectional tower runs at full
+length through the same rebuilt transformers; a Hugging Face tower (multilingual models) runs
+only its own forward, without trailing padding; anything else runs ``encode_text`` as it is.
 
 Backends (``backend=``), all measured against stock ``encode_text`` in
 ``tests/test_encoder_equivalence.py`` and ``bench/text_encoder.py``:
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_search.encoders.loader import LoadedClip
+from clip_search.encoders.text_tower import HF, describe
 
 logger = logging.getLogger(__name__)
 
@@ -39,34 +43,32 @@ BACKENDS = ("torch", "onnx")
 
 
 class TextEncoder:
+    """``tower``: the model's text tower and which shortcut is exact for it (``text_tower``). A
+    backend or ``quantize`` the tower does not support falls back to the exact path, with the
+    reason in the log; ``backend`` and ``quantized`` then say what runs."""
+
     def __init__(self, clip: LoadedClip, *, quantize: bool = False, cache_size: int = 2048,
                  backend: str = "torch", threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown text encoder backend {backend!r}: use one of {BACKENDS}.")
-        model = clip.model
         self.clip = clip
         self.context_length = int(getattr(clip.tokenizer, "context_length", 77))
-        self.pool_type = getattr(model, "text_pool_type", "argmax")
-        self.eos_id = getattr(model, "text_eos_id", None)
-        # Truncation is exact only for a causal transformer pooled at a known token.
-        self.truncates = (
-            getattr(model, "attn_mask", None) is not None and self.pool_type in ("argmax", "eos")
-            and hasattr(model, "token_embedding")
-        )
-        if quantize and not self.truncates:
-            logger.warning("int8 text encoding needs a causal text tower pooled at EOT; using fp32.")
-            quantize = False
+        self.tower = describe(clip.model)
+        if (quantize or backend != "torch") and not self.tower.rebuilt:
+            logger.warning("Text encoder: %s%s is not rebuilt for this text tower (%s); running its "
+                           "own fp32 forward.", backend, " int8" if quantize else "", self.tower.reason)
+            quantize, backend = False, "torch"
         self.quantized = bool(quantize)
         self.backend = backend
-        self._transformer = model.transformer
-        self._projection = model.text_projection
         self._onnx = None
         if backend == "onnx":
-            self._onnx = self._onnx_transformer(model, quantize, threads)
+            self._onnx = self._onnx_tower(quantize, threads)
             if self._onnx is None:
                 self.backend = "torch"
-        if self.backend == "torch" and quantize:
-            self._transformer = _quantize(model)
+        if self.tower.rebuilt:
+            transformer = self.tower.module.transformer
+            self._transformer = quantized_transformer(transformer, causal=self.tower.causal) if (
+                self.backend == "torch" and quantize) else transformer
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -74,9 +76,15 @@ class TextEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids, at most ``context_length`` each; longer text is cut with a warning."""
-        tokens = self.clip.tokenizer(list(texts))
-        for text, row in zip(texts, tokens, strict=True):
-            if int(row[-1]) not in (0, getattr(self.clip.tokenizer, "pad_token_id", 0) or 0):
+        tokenizer = self.clip.tokenizer
+        tokens = tokenizer(list(texts))
+        if hasattr(tokenizer, "truncated"):  # a tokenizer that pads with its end token says itself
+            cut = tokenizer.truncated(list(texts))
+        else:
+            pad = _pad_id(tokenizer)
+            cut = [int(row[-1]) not in (0, pad) for row in tokens]
+        for text, truncated in zip(texts, cut, strict=True):
+            if truncated:
                 logger.warning("Query truncated to %d tokens: %.60s…", self.context_length, text)
         return tokens
 
@@ -86,39 +94,45 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.clip.dimension), dtype=np.float32)
         tokens = self.tokenize(texts)
-        features = self._forward(tokens) if self.truncates else self.clip.model.encode_text(tokens)
+        if self.tower.rebuilt:
+            features = self._forward(tokens)
+        elif self.tower.family == HF:
+            features = self.clip.model.encode_text(self.tower.unpadded(tokens))
+        else:
+            features = self.clip.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1).numpy()
 
-    def _onnx_transformer(self, model: torch.nn.Module, quantize: bool, threads: int | None):
+    def _onnx_tower(self, quantize: bool, threads: int | None):
         from clip_search.encoders.onnx_text import OnnxTextTower, UnsupportedTextTower
 
-        if not self.truncates:
-            logger.warning("ONNX text backend needs a causal text tower pooled at EOT; using torch.")
-            return None
         try:
-            return OnnxTextTower(model, quantize=quantize, threads=threads or min(2, os.cpu_count() or 1))
+            return OnnxTextTower(self.tower.module, quantize=quantize, causal=self.tower.causal,
+                                 threads=threads or min(2, os.cpu_count() or 1))
         except UnsupportedTextTower as error:
             logger.warning("ONNX text backend cannot rebuild this text tower (%s); using torch.", error)
             return None
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        model = self.clip.model
-        if self.pool_type == "argmax":
-            pool_at = tokens.argmax(dim=-1)
-        else:
-            pool_at = (tokens == self.eos_id).int().argmax(dim=-1)
-        length = int(pool_at.max()) + 1
+        """open_clip's ``encode_text`` on the columns that reach the pooled token (all of them for
+        a bidirectional tower), with the rebuilt transformer."""
+        tower = self.tower.module
+        pool_at = self.tower.pool_positions(tokens)
+        length = self.tower.length(tokens, pool_at)
         if self._onnx is not None:
             return torch.from_numpy(self._onnx.encode(tokens[:, :length].numpy(), pool_at.numpy()))
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens[:, :length]).to(cast_dtype)
-        x = x + model.positional_embedding[:length].to(cast_dtype)
-        x = self._transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens[:, :length]).to(cast_dtype)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        mask = tower.attn_mask[:length, :length] if self.tower.causal else None
+        x = self._transformer(x, attn_mask=mask)
+        x = tower.ln_final(x)
         x = x[torch.arange(x.shape[0]), pool_at]
-        if isinstance(self._projection, torch.nn.Module):
-            return self._projection(x)
-        return x @ self._projection
+        projection = tower.text_projection
+        if projection is None:
+            return x
+        if isinstance(projection, torch.nn.Module):
+            return projection(x)
+        return x @ projection
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query's vector, cached: the same words cost a dict look-up the second time.
@@ -253,7 +267,10 @@ def _quantize_dynamic(module: torch.nn.Module) -> torch.nn.Module:
                                 dtype=torch.qint8, inplace=True)
 
 
-def _quantize(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 copy of the text transformer (weights stay fp32 in ``model`` so the image tower and
-    the fingerprint are untouched)."""
-    return quantized_transformer(model.transformer, causal=True)
+def _pad_id(tokenizer) -> int:
+    """The pad id of open_clip's tokenizers (0), ``hf_tokenizer``'s or a transformers one's."""
+    for owner in (tokenizer, getattr(tokenizer, "tokenizer", None)):
+        pad = getattr(owner, "pad_token_id", None)
+        if pad is not None:
+            return int(pad)
+    return 0
