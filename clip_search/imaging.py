@@ -23,12 +23,15 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, MemoryError, NotImplementedEr
 
 
 class ImageRejected(ValueError):
-    """The bytes are not an image clip_search will embed. ``code`` is stable for APIs."""
+    """The bytes are not an image clip_search will embed. ``code`` is stable for APIs;
+    ``message`` is for anyone (a shopper who uploaded it), ``detail`` for staff and logs (what
+    the decoder said: it names libraries and internals a shopper has no use for)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str, detail: str = "") -> None:
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.code = code
         self.message = message
+        self.detail = detail
 
 
 def _formats() -> set[str]:
@@ -75,14 +78,14 @@ def decode_image(data: bytes, *, max_bytes: int | None = None, max_pixels: int |
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected("too_many_pixels", str(
-            _("The image claims more pixels than can be decoded safely (decompression bomb): %(error)s")
-            % {"error": error})) from error
+            _("The image claims more pixels than can be decoded safely.")),
+            f"decompression bomb: {error}") from error
     except UnidentifiedImageError as error:
-        raise ImageRejected("not_an_image",
-                            str(_("The file is not an image clip_search can read."))) from error
+        raise ImageRejected("not_an_image", str(_("The file is not an image we can read.")),
+                            str(error)) from error
     except DECODE_ERRORS as error:
-        raise ImageRejected("broken", str(_("The image could not be decoded: %(error)s")
-                                          % {"error": error or type(error).__name__})) from error
+        raise ImageRejected("broken", str(_("The image could not be decoded.")),
+                            str(error) or type(error).__name__) from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

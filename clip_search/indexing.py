@@ -281,7 +281,8 @@ def _fail(image: PlannedImage, reason: str) -> PlannedImage:
 
 
 def _reason(error: ImageRejected) -> str:
-    return f"{error.code}: {error.message}"
+    """For staff (the row's error): the decoder's own words included."""
+    return f"{error.code}: {error}"
 
 
 # --------------------------------------------------------------------------- 2. embed
