@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 
 import pytest
+from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.cache import cache
-from django.db import connections
+from django.db import connection, connections
+from django.test.testcases import LiveServerThread
 from playwright.sync_api import Page
 
 from shop_demo.catalog.generator import CATEGORY_LABELS, generate_catalog
 from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
 
-pytestmark = pytest.mark.browser
+# django_db: the session then sets up the test database (pytest-django sets up only the databases
+# its collected tests ask for; without this mark, run alone, the module would use the real one).
+pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
 
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
     """A small drawn catalog, embedded and committed so the live server sees it."""
+    assert connection.settings_dict["NAME"].startswith("test_"), "never the shop's own database"
     with django_db_blocker.unblock(), \
             embedded_catalog(generate_catalog(48, seed=31), tmp_path_factory.mktemp("media"),
                              django_db_blocker) as rows:
@@ -28,6 +34,24 @@ def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory
     # the thread's connections per async context (asgiref's Local): the ones opened since it
     # started would outlive the test database (and block dropping it) unless closed here.
     connections.close_all()
+
+
+@pytest.fixture(scope="module")
+def shop_url(catalog, django_db_blocker) -> Iterator[str]:
+    """One live server (Django's threaded LiveServerThread, static files served) for the
+    module's tests. Not pytest-django's ``live_server``: that one makes each test transactional,
+    and the flush after the first test would empty the module's catalog."""
+    thread = LiveServerThread("127.0.0.1", StaticFilesHandler, port=0)
+    thread.daemon = True
+    with django_db_blocker.unblock():
+        thread.start()
+        thread.is_ready.wait()
+        if thread.error:
+            raise thread.error
+        try:
+            yield f"http://127.0.0.1:{thread.port}"
+        finally:
+            thread.terminate()
 
 
 def card_skus(page: Page) -> list[str]:
@@ -41,7 +65,7 @@ def settle(page: Page, status: str | None = None) -> None:
         page.locator("#status", has_text=status).wait_for()
 
 
-def test_a_shopper_searches_by_sku_picture_and_more_like_this(catalog, live_server, chromium, tmp_path):
+def test_a_shopper_searches_by_sku_picture_and_more_like_this(catalog, shop_url, chromium, tmp_path):
     # Tests run with DEBUG off, as the demo now does by default: the thumbnails below load from
     # the shop's own (demo-only) media route, the CSS and JS from the live server's static handler.
     cache.clear()  # fresh throttles
@@ -51,7 +75,7 @@ def test_a_shopper_searches_by_sku_picture_and_more_like_this(catalog, live_serv
     server_errors = []
     page.on("response", lambda response: response.status >= 500 and server_errors.append(response.url))
     try:
-        page.goto(f"{live_server.url}/")
+        page.goto(f"{shop_url}/")
         page.locator("#status", has_text="Search the catalog").wait_for()
 
         # Words: an exact SKU puts its product first.
