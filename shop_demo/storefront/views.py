@@ -37,6 +37,7 @@ STRINGS = {
     "resultsLikeProduct": _("{count} products like the one you chose"),
     "pageOf": _("Page {page} of {pages}"),
     "didYouMean": _("Showing results for {corrected}. Search instead for {original}"),
+    "truncated": _("Your search was long, so only its beginning was used."),
     "relaxed": _("No product matches every word, so these match some of them."),
     "capped": _("More products may match: refine your search to see others."),
     "noResults": _("No products found for “{query}”."),

@@ -165,7 +165,7 @@
     if (input.value.trim() !== state.q) input.value = state.q;
     minPrice.value = state.minPrice;
     maxPrice.value = state.maxPrice;
-    if (state.sort) sortSelect.value = state.sort;
+    if (sortSelect.options.length) sortSelect.value = state.sort || "relevance";
     showPreview(state.picture ? pictures.get(state.picture) : null);
     const count = activeFilters(state);
     filtersToggle.textContent = count ? format(strings.filtersActive, {count}) : strings.filters;
@@ -261,6 +261,7 @@
 
   function renderNotes(data) {
     const lines = [];
+    if (data.truncated) lines.push(strings.truncated);
     if (data.relaxed) lines.push(strings.relaxed);
     if (data.capped) lines.push(strings.capped);
     if (Object.keys(data.degraded || {}).length) lines.push(strings.degraded);
