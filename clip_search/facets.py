@@ -193,4 +193,20 @@ def _count(hits: models.QuerySet, facet: Facet, chosen: list[Any]) -> list[dict[
             text = str(value)
         values.append({"value": text, "label": str(label), "count": row["hits"],
                        "selected": value in chosen or text in map(str, chosen)})
+    # A chosen value no hit has still shows (with its label and 0), so it can be unchosen.
+    listed = {value["value"] for value in values}
+    for value in chosen:
+        text = ("true" if value else "false") if facet.kind == "boolean" else str(value)
+        if text not in listed:
+            values.append({"value": text, "label": _label(hits.model, facet, value), "count": 0,
+                           "selected": True})
     return values
+
+
+def _label(model: type[models.Model], facet: Facet, value: Any) -> str:
+    if facet.kind == "boolean":
+        return str(_("Yes") if value else _("No"))
+    if not facet.label:
+        return str(value)
+    label = model._default_manager.filter(**{facet.field: value}).values_list(facet.label, flat=True).first()
+    return str(value if label is None else label)

@@ -244,6 +244,13 @@ def test_a_selected_facet_keeps_its_alternatives_and_narrows_the_others(shown):
     assert sum(v["count"] for v in brands) == body["count"]  # brands counted among the red mugs
 
 
+def test_a_chosen_value_without_hits_still_shows_to_be_unchosen(shown):
+    body = api_search(q="umbrella", category="knife", limit=1)
+    categories = next(f for f in body["facets"] if f["name"] == "category")["values"]
+    assert {"value": "knife", "label": CATEGORY_LABELS["knife"], "count": 0, "selected": True} in categories
+    assert body["count"] == 0
+
+
 def test_sorting_orders_the_whole_hit_set(shown):
     cheap_first = api_search(q="backpack", sort="price", limit=100)
     prices = [float(hit["price"]) for hit in cheap_first["results"]]
