@@ -93,6 +93,10 @@ DEFAULTS: dict[str, Any] = {
     # Search-as-you-type: completions per request (default, most), and the kinds offered in an
     # empty search box.
     "SUGGEST": {"LIMIT": 8, "MAX_LIMIT": 20, "EMPTY_KINDS": ["category", "brand"]},
+    # The search log (clip_search.searchlog): every API search, and the shop's own search()
+    # calls it passes to ``searchlog.record``; the shopper only as a salted hash of the session;
+    # rows older than RETENTION_DAYS are purged by the sweep; RESULTS_KEPT ranked results each.
+    "SEARCH_LOG": {"ENABLED": True, "RETENTION_DAYS": 90, "RESULTS_KEPT": 100},
     # How the relevance floor is measured (clip_search.calibration): made-up words and products'
     # own titles as queries, the quantiles kept, and how much the indexed catalog may grow or
     # shrink before the sweep calibrates again.
@@ -219,6 +223,10 @@ def validate(values: dict[str, Any]) -> None:
     drift = calibration["RECALIBRATE_AFTER"]
     _require(isinstance(drift, (int, float)) and drift > 0,
              "['CALIBRATION']['RECALIBRATE_AFTER'] must be a positive number.")
+    log = values["SEARCH_LOG"]
+    _require(isinstance(log["ENABLED"], bool), "['SEARCH_LOG']['ENABLED'] must be a bool.")
+    for key in ("RETENTION_DAYS", "RESULTS_KEPT"):
+        _require(isinstance(log[key], int) and log[key] >= 1, f"['SEARCH_LOG'][{key!r}] must be an int >= 1.")
     moderation = values["MODERATION"]
     _require(isinstance(moderation["CATEGORIES"], dict), "['MODERATION']['CATEGORIES'] must be a dict.")
     for name, category in moderation["CATEGORIES"].items():

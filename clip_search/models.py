@@ -394,3 +394,70 @@ class Synonym(models.Model):
         from clip_search.synonyms import format_line
 
         return format_line(self)
+
+
+class SearchRecord(models.Model):
+    """One storefront search (clip_search.searchlog): what was asked, what was shown, how fast.
+
+    No personal data: the shopper is a salted hash of the session, kept for ``SEARCH_LOG
+    ["RETENTION_DAYS"]``. ``id`` is the search id the API returns; events name it.
+    """
+
+    class Kind(models.TextChoices):
+        TEXT = "text", _("words")
+        IMAGE = "image", _("picture")
+        SIMILAR = "similar", _("more like this")
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    created_at = models.DateTimeField(_("searched at"), db_index=True)
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    encoder = models.ForeignKey(EncoderModel, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.TEXT)
+    query = models.CharField(max_length=512, blank=True)
+    corrected_query = models.CharField(max_length=512, blank=True)
+    filters = models.JSONField(default=dict, blank=True, help_text=_("Facets, filters and sort asked for."))
+    legs = ArrayField(models.CharField(max_length=16), default=list, blank=True)
+    degraded = models.BooleanField(default=False)
+    hits = models.PositiveIntegerField(_("hits"), default=0)
+    # The ranked results (object pks, best first; the first SEARCH_LOG["RESULTS_KEPT"]), and for
+    # each which legs found it: "v" vector, "f" full text, "k" keyword ("vf": both).
+    results = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    found_by = ArrayField(models.CharField(max_length=3), default=list, blank=True)
+    latency_ms = models.FloatField(_("latency (ms)"), default=0)
+    session = models.CharField(_("session (salted hash)"), max_length=32, blank=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("search")
+        verbose_name_plural = _("search log")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.query or self.get_kind_display()} ({self.hits} hits, {self.created_at:%Y-%m-%d %H:%M})"
+
+    @property
+    def zero_results(self) -> bool:
+        return self.hits == 0
+
+
+class SearchEvent(models.Model):
+    """What a shopper did with a result of a search: clicked it, put it in the cart, bought it."""
+
+    class Kind(models.TextChoices):
+        CLICK = "click", _("click")
+        ADD_TO_CART = "add_to_cart", _("add to cart")
+        PURCHASE = "purchase", _("purchase")
+
+    search = models.ForeignKey(SearchRecord, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    object_pk = models.CharField(max_length=64)
+    position = models.PositiveIntegerField(help_text=_("1 for the first result of the search."))
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = _("search event")
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["search", "kind"], name="clip_search_event_search")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.position} ({self.object_pk})"

@@ -68,6 +68,7 @@ class SearchInfo:
     relaxed: bool = False
     # The full-text terms as searched (corrections and synonyms included): what highlighting marks.
     terms: ParsedQuery = field(default_factory=lambda: ParsedQuery(()))
+    encoder_id: int | None = None  # the encoder that answered
 
     @property
     def is_degraded(self) -> bool:
@@ -184,6 +185,7 @@ def search(
     if encoder is None:
         info.degraded = {leg: str(_("Nothing is indexed yet.")) for leg in LEGS}
         return _with_info(queryset.none(), info)
+    info.encoder_id = encoder.pk
     model = queryset.model
     weights = {**options["WEIGHTS"], **(weights or {})}
     depth = {**options["DEPTH"], **(depth or {})}

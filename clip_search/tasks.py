@@ -21,7 +21,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from clip_search import calibration, lexicon
+from clip_search import calibration, lexicon, searchlog
 from clip_search.conf import clip_settings
 from clip_search.indexing import active_encoder, embed_objects, register_encoder, remove_object
 from clip_search.models import Embedding, EncoderModel
@@ -142,7 +142,8 @@ def sweep(batch_size: int | None = None) -> int:
     rows (``verify``), resuming where the previous run stopped; a pass that reaches the end
     also deletes the rows of objects that no longer exist. Then it rebuilds each model's
     vocabulary and suggestions if the index changed (``lexicon``), and measures the encoder's
-    relevance floor again if the catalog grew or shrank by a quarter (``calibration``).
+    relevance floor again if the catalog grew or shrank by a quarter (``calibration``), and
+    purges the search log of what is older than ``SEARCH_LOG["RETENTION_DAYS"]``.
     """
     options = clip_settings.SWEEP
     encoder = active_encoder() or register_encoder()
@@ -154,6 +155,7 @@ def sweep(batch_size: int | None = None) -> int:
                                                  batch_size=batch_size, queued=set(unfinished))
         lexicon.refresh_if_stale(registration, encoder)
     calibration.calibrate_if_stale(encoder)
+    searchlog.purge()
     logger.info("clip_search sweep queued %d objects", queued)
     return queued
 

@@ -111,8 +111,8 @@ def test_text_search_finds_an_exact_sku_first_with_the_shops_fields(api, shown):
     product = shown[3]
     body = search(api, product.sku)
     assert list(body) == ["count", "next", "previous", "query", "truncated", "legs", "degraded",
-                          "did_you_mean", "unknown_words", "relaxed", "capped", "sort", "sorts", "facets",
-                          "results"]
+                          "did_you_mean", "unknown_words", "relaxed", "capped", "search_id", "sort", "sorts",
+                          "facets", "results"]
     assert body["query"] == product.sku and body["degraded"] == {} and not body["truncated"]
     assert body["legs"] == ["vector", "fulltext", "keyword"]
     top = body["results"][0]
@@ -656,7 +656,7 @@ def test_the_openapi_schema_is_valid_and_covers_every_route(api, db):
         for method in ("get", "post"):
             if hasattr(view, method):
                 operations[(path, method)] = document["paths"][path][method]
-    assert len(operations) == 7 and set(document["paths"]) == {path for path, _ in operations}
+    assert len(operations) == 8 and set(document["paths"]) == {path for path, _ in operations}
     for (path, _method), operation in operations.items():
         assert operation["summary"] and operation["description"], path
         for parameter in operation.get("parameters", []):

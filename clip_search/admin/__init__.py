@@ -13,10 +13,11 @@ admins of their own, registered on the default admin site:
 - ``display``: badges, thumbnails and each leg's evidence, shared by the pages;
 - ``review``: the review queue and its audit trail;
 - ``synonyms``: the shop's synonym sets, imported and exported as a file;
+- ``analytics``: the search log and its analytics page (``charts``: server-drawn SVG);
 - ``index``: clip_search's own rows, read-only.
 """
 
-from clip_search.admin import index, review, synonyms  # noqa: F401 - register their admins
+from clip_search.admin import analytics, index, review, synonyms  # noqa: F401 - register their admins
 from clip_search.admin.catalog import ClipSearchAdminMixin, extend_admin
 
 __all__ = ["ClipSearchAdminMixin", "extend_admin"]

@@ -54,8 +54,10 @@ SEARCH_SCOPE = "clip_search"
 IMAGE_SCOPE = "clip_search_image"
 # Search-as-you-type asks on every pause in typing: a scope of its own, more generous.
 SUGGEST_SCOPE = "clip_search_suggest"
+# Clicks, carts and purchases a storefront reports (a beacon per click).
+EVENTS_SCOPE = "clip_search_events"
 DEFAULT_THROTTLE_RATES: dict[str, str] = {SEARCH_SCOPE: "120/min", IMAGE_SCOPE: "20/min",
-                                          SUGGEST_SCOPE: "600/min"}
+                                          SUGGEST_SCOPE: "600/min", EVENTS_SCOPE: "300/min"}
 
 VERSIONS = ("v1",)
 

@@ -61,6 +61,15 @@ class ImageChanged(exceptions.APIException):
     default_code = "image_changed"
 
 
+class EventNotTied(exceptions.APIException):
+    """An event whose search does not exist, or did not show that product there; the code says
+    which (``unknown_search``, ``not_in_results``, ``wrong_position``)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = _("The event does not match a search.")
+    default_code = "unknown_search"
+
+
 class ImageSearchUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = _("Image search is unavailable right now; try again later or search by words.")

@@ -39,6 +39,9 @@ SEARCH_INFO_SCHEMA: dict[str, Any] = {
     "capped": {"type": "boolean",
                "description": "A search leg kept its full depth: more products may match than `count` "
                               "(refine the query to see others)."},
+    "search_id": {"type": "string", "format": "uuid", "nullable": True,
+                  "description": "This search in the search log: what `POST /api/v1/events/` names (null "
+                                 "when the shop keeps no log)."},
     "sort": {"type": "string", "description": "The order of the results."},
     "sorts": {"type": "array", "description": "The orders offered (`sort` values).", "items": {
         "type": "object", "properties": {"value": {"type": "string"}, "label": {"type": "string"}},
@@ -121,6 +124,7 @@ class SearchPagination(ApiPagination):
             "unknown_words": list(info.unknown_words),
             "relaxed": info.relaxed,
             "capped": info.capped,
+            "search_id": getattr(view, "search_id", None),
             "sort": getattr(view, "sort", "relevance"),
             "sorts": [{"value": name, "label": str(option["label"])}
                       for name, option in storefront_sorts(view.registration).items()],

@@ -14,7 +14,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from clip_search.api.conf import api_options, imported
-from clip_search.models import ReviewItem
+from clip_search.models import ReviewItem, SearchEvent
 from clip_search.moderation import reviewed_image_url
 from clip_search.registry import Registration, read_path, registry
 
@@ -47,6 +47,19 @@ class SuggestParamsSerializer(serializers.Serializer):
         "What the shopper has typed so far. Empty: the most common categories and brands."))
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text=_(
         "Completions wanted (default CLIP_SEARCH['SUGGEST']['LIMIT'], at most its MAX_LIMIT)."))
+
+
+class EventSerializer(serializers.Serializer):
+    search_id = serializers.UUIDField(help_text=_("The `search_id` of the search the product was shown by."))
+    kind = serializers.ChoiceField(choices=SearchEvent.Kind.choices, help_text=_("What the shopper did."))
+    product_id = serializers.CharField(max_length=64, help_text=_("The product's primary key."))
+    position = serializers.IntegerField(required=False, min_value=1, help_text=_(
+        "Where the search showed it, 1 for the first result (checked against the search's log)."))
+
+
+class EventRecordedSerializer(serializers.Serializer):
+    recorded = serializers.BooleanField(help_text=_("Always true: the event is in the search log."))
+    position = serializers.IntegerField(help_text=_("Where the search showed the product (1: first)."))
 
 
 class CompletionSerializer(serializers.Serializer):
@@ -92,8 +105,8 @@ class ErrorDetailSerializer(serializers.Serializer):
         "Stable, machine-readable: invalid, parse_error, bad_request, not_authenticated, "
         "authentication_failed, permission_denied, not_found, method_not_allowed, "
         "unsupported_media_type, throttled, not_indexed, already_decided, "
-        "image_search_unavailable, unavailable, or an image rejection: empty, too_large, "
-        "not_an_image, format, broken, too_many_pixels."))
+        "image_search_unavailable, unavailable, unknown_search, not_in_results, wrong_position, "
+        "or an image rejection: empty, too_large, not_an_image, format, broken, too_many_pixels."))
     message = serializers.CharField(help_text=_("For people; translated."))
     detail = serializers.JSONField(allow_null=True, help_text=_(
         "Field errors for `invalid` ({field: [messages]}), {\"retry_after\": seconds} for "

@@ -16,6 +16,7 @@ urlpatterns = [
     path(f"{V}/search/", views.SearchView.as_view(), name="search"),
     path(f"{V}/search/image/", views.ImageSearchView.as_view(), name="image-search"),
     path(f"{V}/suggest/", views.SuggestView.as_view(), name="suggest"),
+    path(f"{V}/events/", views.EventsView.as_view(), name="events"),
     path(f"{V}/products/<str:product_id>/similar/", views.SimilarView.as_view(), name="similar"),
     path(f"{V}/review/", views.ReviewListView.as_view(), name="review-list"),
     path(f"{V}/review/<int:item_id>/approve/", views.ReviewApproveView.as_view(), name="review-approve"),

@@ -8,6 +8,7 @@ pending products never come back. Every error is ``{"error": {...}}`` (``errors.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +31,9 @@ from rest_framework.response import Response
 from rest_framework.versioning import URLPathVersioning
 from rest_framework.views import APIView
 
-from clip_search import facets, highlight, lexicon, moderation
+from clip_search import facets, highlight, lexicon, moderation, searchlog
 from clip_search.api.conf import (
+    EVENTS_SCOPE,
     IMAGE_SCOPE,
     SEARCH_SCOPE,
     SUGGEST_SCOPE,
@@ -41,6 +43,7 @@ from clip_search.api.conf import (
 )
 from clip_search.api.errors import (
     AlreadyDecided,
+    EventNotTied,
     ImageChanged,
     ImageSearchUnavailable,
     NotIndexed,
@@ -51,6 +54,8 @@ from clip_search.api.filters import filterset_class_for
 from clip_search.api.pagination import ApiPagination, SearchPagination
 from clip_search.api.schema import ApiAutoSchema, api_operation
 from clip_search.api.serializers import (
+    EventRecordedSerializer,
+    EventSerializer,
     ImageSearchSerializer,
     ResultParamsSerializer,
     ReviewDecisionSerializer,
@@ -64,7 +69,7 @@ from clip_search.api.serializers import (
 from clip_search.api.throttling import ClipScopedRateThrottle
 from clip_search.conf import clip_settings
 from clip_search.imaging import ImageRejected
-from clip_search.models import Embedding, ReviewItem
+from clip_search.models import Embedding, ReviewItem, SearchRecord
 from clip_search.registry import Registration, registry
 from clip_search.search import SearchError, search
 
@@ -134,6 +139,12 @@ class StorefrontView(ApiView):
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return result_serializer_class(self.registration)
 
+    log_kind = SearchRecord.Kind.TEXT  # what the search log calls this view's searches
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()  # the logged latency starts here
+        super().initial(request, *args, **kwargs)
+
     def search(self, queryset: models.QuerySet, **query: Any) -> models.QuerySet:
         return search(queryset, limit=clip_settings.SEARCH["LIMIT"], **query)
 
@@ -146,13 +157,16 @@ class StorefrontView(ApiView):
         return params
 
     def respond(self, results: models.QuerySet, params: dict[str, Any]) -> Response:
-        """A page of ``results`` as ``params`` (ResultParamsSerializer) and the facets ask."""
+        """A page of ``results`` as ``params`` (ResultParamsSerializer) and the facets ask, and the
+        search's row in the search log (saved once the response is sent)."""
         registration, info = self.registration, results.search_info
         declared, selected = storefront_facets(registration), getattr(self, "facet_selection", {})
         if selected:
             results = results.filter(facets.narrowing(declared, selected))
             self.hit_count = results.count()
         results = ordered(results, registration, params["sort"])
+        logged = self.log_row(results, reordered=bool(selected) or params["sort"] != "relevance")
+        self.search_id = logged and str(logged.id)
         results = results.select_related(*registration.related_paths()).prefetch_related(
             *registration.prefetch_paths())
         page = self.paginate_queryset(results)
@@ -163,7 +177,24 @@ class StorefrontView(ApiView):
                                          using=results.db) if declared else []
         self.sort = params["sort"]
         serializer = self.get_serializer_class()(page, many=True, context=context)
-        return self.get_paginated_response(serializer.data)
+        response = self.get_paginated_response(serializer.data)
+        if logged is not None:
+            searchlog.save_after(response, logged)
+        return response
+
+    def log_row(self, results: models.QuerySet, *, reordered: bool) -> SearchRecord | None:
+        """The search's log row (``SEARCH_LOG``), with the results in the order shown."""
+        if not searchlog.enabled():
+            return None
+        kept = clip_settings.SEARCH_LOG["RESULTS_KEPT"]
+        shown = [str(pk) for pk in results.values_list("pk", flat=True)[:kept]] if reordered else None
+        asked = {key: values for key, values in self.request.query_params.lists() if key not in UNLOGGED}
+        return searchlog.build(results, request=self.request, kind=self.log_kind, filters=asked, shown=shown,
+                               started=getattr(self, "started", None))
+
+
+# Request parameters that say how to show a search, not what it looked for.
+UNLOGGED = {"q", "limit", "offset", "explain", "highlight", "format"}
 
 
 SEARCH_DESCRIPTION = _(
@@ -188,6 +219,7 @@ class SearchView(StorefrontView):
 class ImageSearchView(StorefrontView):
     parser_classes = [MultiPartParser, FormParser]
     throttle_scope = IMAGE_SCOPE
+    log_kind = SearchRecord.Kind.IMAGE
     error_responses = {400: None, 413: None, 415: None, 429: None, 503: _(
         "Image search is unavailable (`image_search_unavailable`: the image encoder cannot be "
         "loaded), or the database cannot answer right now (`unavailable`, with `Retry-After`).")}
@@ -257,6 +289,7 @@ def _read_upload(upload: Any) -> bytes:
 
 class SimilarView(StorefrontView):
     error_responses = {400: None, 404: None, 409: None, 429: None}
+    log_kind = SearchRecord.Kind.SIMILAR
 
     @api_operation(
         operation_id="products_similar", tags=["search"], summary=_("More like this product"),
@@ -315,6 +348,46 @@ class SuggestView(ApiView):
         completions = lexicon.suggest(registration, params["q"], limit=params.get("limit"),
                                       using=registration.get_queryset().db)
         return Response(SuggestionsSerializer({"query": params["q"], "suggestions": completions}).data)
+
+
+class PlainTextJSONParser(JSONParser):
+    """``navigator.sendBeacon(url, JSON.stringify(event))`` sends its string as text/plain."""
+
+    media_type = "text/plain"
+
+
+class EventsView(ApiView):
+    """What a shopper did with a search result: the search log's clicks, carts and purchases."""
+
+    parser_classes = [JSONParser, PlainTextJSONParser, FormParser, MultiPartParser]
+    # No session authentication: a beacon cannot send a CSRF token, and an event needs no user.
+    authentication_classes: list[Any] = []
+    throttle_scope = EVENTS_SCOPE
+    serializer_class = EventRecordedSerializer
+    success_description = _("The event was recorded.")
+    error_responses = {400: _(
+        "Invalid (`invalid`), or not tied to a search: `unknown_search` (no such search, or older "
+        "than the log keeps), `not_in_results` (the search did not show that product), "
+        "`wrong_position` (it showed it elsewhere)."), 429: None}
+
+    @api_operation(
+        operation_id="events_create", tags=["search"], summary=_("Record what a shopper did with a result"),
+        description=_(
+            "A click, an add to cart or a purchase of a product a search showed, named by the "
+            "search's `search_id` and the product's position (the search log checks both). Send it "
+            "with `navigator.sendBeacon` (JSON as text/plain is accepted) or as JSON or a form. "
+            "The shop's analytics and `clip_eval` read them. Throttle scope: `clip_search_events`."),
+        request=EventSerializer)
+    def post(self, request: Request, version: str) -> Response:
+        if not searchlog.enabled():
+            raise exceptions.NotFound(_("This shop keeps no search log."))
+        event = self.validated(EventSerializer, request.data)
+        try:
+            recorded = searchlog.add_event(event["search_id"], event["kind"], event["product_id"],
+                                           event.get("position"))
+        except searchlog.EventRefused as error:
+            raise EventNotTied(str(error), code=error.code) from error
+        return Response(EventRecordedSerializer({"recorded": True, "position": recorded.position}).data)
 
 
 class ReviewView(ApiView):

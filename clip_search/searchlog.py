@@ -1,0 +1,135 @@
+"""The search log: what shoppers searched, what they were shown, and what they did with it.
+
+Every storefront API search writes a ``SearchRecord`` (``SEARCH_LOG["ENABLED"]``) whose id the
+response carries as ``search_id``; a shop's own ``search()`` calls are logged when it passes
+their results to ``record``. Events (a click, an add to cart, a purchase) name that id and the
+result's position (``add_event``: the API's ``POST /api/v1/events/``).
+
+Writing it must not slow search down: the API builds the row while it answers and saves it
+after the response has gone out (``save_after``: the WSGI server closes the response once the
+last byte is sent, and Django runs the response's closers then). No personal data is kept: the
+shopper is a salted hash of the session key (or, without a session, of the address and user
+agent of that day, so it cannot link days), and rows older than ``RETENTION_DAYS`` are purged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import DatabaseError, models
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+from clip_search.conf import clip_settings
+from clip_search.models import SearchEvent, SearchRecord
+
+logger = logging.getLogger(__name__)
+
+LEG_LETTERS = {"vector": "v", "fulltext": "f", "keyword": "k"}
+
+
+class EventRefused(ValueError):
+    """An event that cannot be tied to its search: ``code`` says why (for the API)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def enabled() -> bool:
+    return clip_settings.SEARCH_LOG["ENABLED"]
+
+
+def session_hash(request: HttpRequest | None) -> str:
+    """Who searched, as no one can read it back: a keyed hash of the session key, or without a
+    session of the address and user agent together with the day (it cannot link days)."""
+    if request is None:
+        return ""
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    if not key:
+        key = "|".join((request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_USER_AGENT", ""),
+                        timezone.now().date().isoformat()))
+    return salted_hmac("clip_search.searchlog.session", key).hexdigest()[:32]
+
+
+def build(results: models.QuerySet, *, request: HttpRequest | None = None, kind: str = SearchRecord.Kind.TEXT,
+          filters: dict[str, Any] | None = None, shown: list[Any] | None = None,
+          started: float | None = None) -> SearchRecord:
+    """The log row of a search (not saved). ``results`` as ``search()`` returned them; ``shown``:
+    their pks in the order the shopper saw them when that is not the search's own (a sort, a
+    facet); ``started``, a ``time.perf_counter()`` reading, gives the latency."""
+    info = results.search_info
+    kept = clip_settings.SEARCH_LOG["RESULTS_KEPT"]
+    ranked = [info.hits[str(pk)] for pk in (list(info.hits) if shown is None else shown)[:kept]]
+    return SearchRecord(
+        id=uuid.uuid4(), created_at=timezone.now(),
+        content_type=ContentType.objects.get_for_model(results.model, for_concrete_model=False),
+        encoder_id=info.encoder_id, kind=kind, query=info.query[:512],
+        corrected_query=(info.corrected_query or "")[:512], filters=filters or {}, legs=list(info.legs),
+        degraded=info.is_degraded, hits=len(info.hits), results=[hit.object_pk for hit in ranked],
+        found_by=[found_by(hit) for hit in ranked],
+        latency_ms=0.0 if started is None else (time.perf_counter() - started) * 1000,
+        session=session_hash(request))
+
+
+def found_by(hit: Any) -> str:
+    """Which legs found a hit: "v", "f", "k" in that order ("vf": the vector and full-text legs)."""
+    ranks = {"vector": hit.vector_rank, "fulltext": hit.fulltext_rank, "keyword": hit.keyword_rank}
+    return "".join(LEG_LETTERS[leg] for leg, rank in ranks.items() if rank is not None)
+
+
+def save_after(response: HttpResponse, row: SearchRecord) -> None:
+    """Save ``row`` once ``response`` has been sent (its closers run then): the shopper never
+    waits for the log. A failure is logged, never raised at a shopper."""
+    def save() -> None:
+        try:
+            row.save(force_insert=True)
+        except DatabaseError:
+            logger.exception("clip_search: the search log could not be written")
+
+    response._resource_closers.append(save)
+
+
+def record(results: models.QuerySet, request: HttpRequest | None = None,
+           **options: Any) -> uuid.UUID | None:
+    """Log a search a shop ran with ``search()`` itself, now; returns its id (for events), or
+    None when the log is off. ``options``: ``kind``, ``filters``, ``started`` (see ``build``)."""
+    if not enabled():
+        return None
+    row = build(results, request=request, **options)
+    row.save(force_insert=True)
+    return row.id
+
+
+def add_event(search_id: uuid.UUID | str, kind: str, object_pk: str,
+              position: int | None = None) -> SearchEvent:
+    """Record what a shopper did with a result. The search must exist and have shown that
+    product; ``position`` (1-based) defaults to where it showed it, and must agree with it."""
+    search = SearchRecord.objects.filter(pk=search_id).only("results").first()
+    if search is None:
+        raise EventRefused("unknown_search", "No such search (or it is older than the log keeps).")
+    object_pk = str(object_pk)
+    if object_pk not in search.results:
+        raise EventRefused("not_in_results", "That product was not among the results of that search.")
+    shown = search.results.index(object_pk) + 1
+    if position is not None and position != shown:
+        raise EventRefused("wrong_position",
+                           f"That product was result {shown} of that search, not {position}.")
+    return SearchEvent.objects.create(search=search, kind=kind, object_pk=object_pk, position=shown,
+                                      created_at=timezone.now())
+
+
+def purge(days: int | None = None) -> int:
+    """Delete searches (and their events) older than ``days`` (``RETENTION_DAYS``); returns how
+    many searches went."""
+    days = clip_settings.SEARCH_LOG["RETENTION_DAYS"] if days is None else days
+    old = SearchRecord.objects.filter(created_at__lt=timezone.now() - timedelta(days=days))
+    _deleted, by_model = old.delete()
+    return by_model.get(SearchRecord._meta.label, 0)
