@@ -29,6 +29,7 @@ from django.db import models
 from django.db.models import Count, Q
 from django.utils.translation import gettext_lazy as _
 
+from clip_search.expressions import KeyIn
 from clip_search.registry import resolve_path
 
 Bound = Decimal | None
@@ -165,7 +166,7 @@ def narrowing(facets: list[Facet], selected: dict[str, list[Any]], *, leave_out:
 def count(model: type[models.Model], keys: list[str], facets: list[Facet], selected: dict[str, list[Any]],
           using: str = "default") -> list[dict[str, Any]]:
     """Each facet's values with their number of hits (``keys``) under the other facets' selections."""
-    hits = model._default_manager.db_manager(using).filter(pk__in=keys)
+    hits = model._default_manager.db_manager(using).filter(KeyIn("pk", keys))
     return [{"name": facet.name, "title": facet.title, "kind": facet.kind,
              "values": _count(hits.filter(narrowing(facets, selected, leave_out=facet.name)), facet,
                               selected.get(facet.name, []))}

@@ -215,9 +215,9 @@ def suggest(registration: Registration, text: str, *, limit: int | None = None,
             using: str = "default") -> list[Completion]:
     """Completions of what a shopper is typing: titles, brands and categories whose words start
     with it ("red ba" → "Red backpack"), most products first; when none does, those of its
-    spelling corrected against the catalog ("bakcpack" → "backpack"), then the nearest by
-    trigrams. With no text, the kinds in ``SUGGEST["EMPTY_KINDS"]`` with most products (what to
-    offer in an empty search box)."""
+    spelling corrected against the catalog ("bakcpack" → "backpack"), then those of the catalog
+    words nearest its last word ("gren" → "green"). With no text, the kinds in
+    ``SUGGEST["EMPTY_KINDS"]`` with most products (what to offer in an empty search box)."""
     options = clip_settings.SUGGEST
     limit = min(limit or options["LIMIT"], options["MAX_LIMIT"])
     content_type = ContentType.objects.db_manager(using).get_for_model(registration.model,
@@ -228,21 +228,29 @@ def suggest(registration: Registration, text: str, *, limit: int | None = None,
         rows = lexicon_sql.top_suggestions(content_type.pk, statuses, list(options["EMPTY_KINDS"]), limit,
                                            using=using)
         return [Completion(*row) for row in rows]
-    def completing(words: list[str]) -> list:
-        return lexicon_sql.suggest(content_type.pk, _prefix_query(words), statuses, limit, using=using)
+    def completing(words: list[str], last: list[str] | None = None) -> list:
+        query = _prefix_query(words, last)
+        return lexicon_sql.suggest(content_type.pk, query, statuses, limit, using=using)
 
     rows = completing(words)
     if not rows:
         corrected = _corrected(words, content_type.pk, using)
         rows = completing(corrected) if corrected != words else []
-    if not rows:
-        rows = lexicon_sql.nearest_suggestions(content_type.pk, " ".join(words), statuses, limit, using=using)
+    if not rows:  # the last word is a typo still being typed ("gren"): its nearest catalog words
+        near = lexicon_sql.nearest_words(content_type.pk, words[-1], NEAREST_WORDS, using=using)
+        rows = completing(words, near) if near else []
     return [Completion(*row) for row in rows]
 
 
-def _prefix_query(words: list[str]) -> str:
-    """``to_tsquery('simple')`` text: every word whole but the last, a prefix."""
-    return " & ".join([*(f"'{w}'" for w in words[:-1]), f"'{words[-1]}':*"])
+# Catalog words tried in place of a last word that completes nothing.
+NEAREST_WORDS = 3
+
+
+def _prefix_query(words: list[str], last: list[str] | None = None) -> str:
+    """``to_tsquery('simple')`` text: every word whole but the last, a prefix (or any of ``last``'s
+    words, each a prefix)."""
+    ending = "(" + " | ".join(f"'{w}':*" for w in last) + ")" if last else f"'{words[-1]}':*"
+    return " & ".join([*(f"'{w}'" for w in words[:-1]), ending])
 
 
 def _corrected(words: list[str], content_type_id: int, using: str) -> list[str]:

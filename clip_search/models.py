@@ -10,6 +10,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex, GistIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Length
 from django.utils.translation import gettext_lazy as _
 from pgvector.django import VectorField
 
@@ -352,7 +354,7 @@ class Suggestion(models.Model):
     content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=32)
     text = models.CharField(max_length=300)
-    key = models.CharField(max_length=300)  # lower-cased: what the trigram match reads
+    key = models.CharField(max_length=300)  # lower-cased: one suggestion per kind and key
     document = SearchVectorField()  # the text's words (simple configuration), for word prefixes
     products = models.PositiveIntegerField()
     # A few of the Embedding rows that offered it: a suggestion is shown only while one of them
@@ -364,7 +366,9 @@ class Suggestion(models.Model):
         constraints = [models.UniqueConstraint(fields=["content_type", "kind", "key"],
                                                name="clip_search_one_suggestion")]
         indexes = [GinIndex(fields=["document"], name="clip_search_suggestion_words"),
-                   GinIndex(fields=["key"], name="clip_search_suggestion_trgm", opclasses=["gin_trgm_ops"])]
+                   # The order suggestions are offered in: a common prefix walks it (sql.lexicon).
+                   models.Index(F("content_type"), F("products").desc(), Length("text"), F("text"),
+                                name="clip_search_suggestion_order")]
 
     def __str__(self) -> str:
         return f"{self.text} ({self.kind})"

@@ -33,7 +33,7 @@ from django.utils.translation import gettext_lazy as _
 from clip_search import lexicon, sql, synonyms
 from clip_search.calibration import relevance
 from clip_search.conf import clip_settings
-from clip_search.expressions import ValueAt
+from clip_search.expressions import KeyIn, ValueAt
 from clip_search.models import Embedding, EncoderModel, ImageEmbedding, integer_pk
 from clip_search.query import KeywordQuery, ParsedQuery, keyword_query, parse, with_synonyms
 
@@ -258,7 +258,7 @@ def _annotate(queryset: models.QuerySet, hits: list[sql.FusedHit]) -> models.Que
     def at(values: list, db_type: str, output_field: models.Field) -> ValueAt:
         return ValueAt("pk", keys, values, db_type, output_field)
 
-    return queryset.filter(pk__in=keys).annotate(
+    return queryset.filter(KeyIn("pk", keys)).annotate(
         search_score=at([h.score for h in hits], "float8", FloatField()),
         search_rank=at(list(range(1, len(hits) + 1)), "int8", BigIntegerField()),
         vector_rank=at([h.vector_rank for h in hits], "int8", BigIntegerField()),

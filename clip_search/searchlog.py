@@ -133,3 +133,12 @@ def purge(days: int | None = None) -> int:
     old = SearchRecord.objects.filter(created_at__lt=timezone.now() - timedelta(days=days))
     _deleted, by_model = old.delete()
     return by_model.get(SearchRecord._meta.label, 0)
+
+
+def state() -> str:
+    """What the log holds, in a few characters: searches and events, and the latest of each."""
+    from django.db.models import Count, Max
+
+    searches = SearchRecord.objects.aggregate(n=Count("pk"), last=Max("created_at"))
+    events = SearchEvent.objects.aggregate(n=Count("pk"), last=Max("created_at"))
+    return f"{searches['n']}:{searches['last']}:{events['n']}:{events['last']}"

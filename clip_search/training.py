@@ -123,6 +123,70 @@ def registered_catalog(seed: int = 0, eval_share: float = 0.1, **kwargs: Any) ->
 
     A share of products is held out: their titles must retrieve their own images.
     """
+    examples = _catalog_examples()
+    random.Random(seed).shuffle(examples)
+    held = max(1, int(len(examples) * eval_share)) if len(examples) > 10 else 0
+    gallery, train = examples[:held], examples[held:]
+    return TrainingSet(train=train, gallery=gallery,
+                       queries=[(example.texts[0], example.label) for example in gallery],
+                       description=f"{len(examples)} registered products")
+
+
+# How much less often a shopper looks at result n than at the first (examination ∝ 1 / n^0.7):
+# a click low in the list is stronger evidence, and counts up to MAX_CLICK_WEIGHT times.
+POSITION_BIAS = 0.7
+MAX_CLICK_WEIGHT = 5
+
+
+def clicked_catalog(seed: int = 0, held_out: float = 0.2, gallery_size: int = 300,
+                    **kwargs: Any) -> TrainingSet:
+    """The catalog's own (image, text) pairs, plus what shoppers typed before clicking a product
+    as more captions of its picture: the search log's text searches with events, but the latest
+    ``held_out`` share (by time), which judges the result. A query clicked at position n counts
+    n^0.7 times (inverse propensity, up to 5): the first results are clicked more whatever they
+    are. The catalog's captions stay in the mix so the model keeps what it knew.
+    """
+    from clip_search.evaluation import from_log, split_by_time
+
+    examples = {example.label: example for example in _catalog_examples()}
+    earlier, later = split_by_time(from_log(), held_out)
+    clicks = _click_captions(earlier)
+    for label, captions in clicks.items():
+        if label in examples:
+            examples[label].texts = [*examples[label].texts, *captions]
+    queries = []
+    for item in later:  # each held-out search: its query must retrieve its best product's picture
+        best = max(item.gains, key=lambda pk: item.gains[pk])
+        if f"{item.model}:{best}" in examples:
+            queries.append((item.query, f"{item.model}:{best}"))
+    rng = random.Random(seed)
+    wanted = sorted({label for _, label in queries})
+    others = sorted(set(examples) - set(wanted))
+    gallery = wanted + rng.sample(others, min(len(others), max(0, gallery_size - len(wanted))))
+    train = list(examples.values())
+    rng.shuffle(train)
+    captions = sum(map(len, clicks.values()))
+    return TrainingSet(train=train, gallery=[examples[label] for label in gallery], queries=queries,
+                       description=f"{len(examples)} products, {captions} click captions from "
+                                   f"{len(earlier)} searches; {len(later)} searches held out")
+
+
+def _click_captions(judged: Sequence[Any]) -> dict[str, list[str]]:
+    """Product label → the queries clicked on it, each repeated by its inverse propensity."""
+    from clip_search.models import SearchEvent
+
+    queries = {item.search_id: item for item in judged}
+    found: dict[str, list[str]] = {}
+    for search_id, pk, position in SearchEvent.objects.filter(search_id__in=list(queries)).values_list(
+            "search_id", "object_pk", "position"):
+        item = queries[str(search_id)]
+        weight = min(MAX_CLICK_WEIGHT, max(1, round(position ** POSITION_BIAS)))
+        found.setdefault(f"{item.model}:{pk}", []).extend([item.query] * weight)
+    return found
+
+
+def _catalog_examples() -> list[Example]:
+    """Every registered model's storefront products with a picture and a text, as examples."""
     from clip_search.imaging import ImageRejected, decode_image
     from clip_search.registry import registry
 
@@ -139,12 +203,7 @@ def registered_catalog(seed: int = 0, eval_share: float = 0.1, **kwargs: Any) ->
             except ImageRejected:
                 continue
             examples.append(Example(image=image, texts=texts, label=f"{registration.label}:{obj.pk}"))
-    random.Random(seed).shuffle(examples)
-    held = max(1, int(len(examples) * eval_share)) if len(examples) > 10 else 0
-    gallery, train = examples[:held], examples[held:]
-    return TrainingSet(train=train, gallery=gallery,
-                       queries=[(example.texts[0], example.label) for example in gallery],
-                       description=f"{len(examples)} registered products")
+    return examples
 
 
 def _build_model(args: TrainingArgs) -> tuple[torch.nn.Module, Any, Any, dict, dict]:
@@ -164,8 +223,7 @@ def _build_model(args: TrainingArgs) -> tuple[torch.nn.Module, Any, Any, dict, d
 
         loaded = load_clip(EncoderSpec(args.model, args.pretrained))
         model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
-        model_cfg = open_clip.get_model_config(args.model) or {}
-        preprocess_cfg = {}
+        model_cfg, preprocess_cfg = _saved_config(args.model)
         model.requires_grad_(True)
     visual = getattr(model, "visual", None)
     preprocess_cfg = {
@@ -174,6 +232,24 @@ def _build_model(args: TrainingArgs) -> tuple[torch.nn.Module, Any, Any, dict, d
         **preprocess_cfg,
     }
     return model.train(), preprocess, tokenizer, model_cfg, preprocess_cfg
+
+
+def _saved_config(model: str) -> tuple[dict, dict]:
+    """(model_cfg, preprocess_cfg) of the model being fine-tuned, to write beside its new weights:
+    a ``local-dir:`` folder's own (what clip_train wrote; fine-tuning its output again), an
+    ``hf-clip:`` folder's mapped onto open_clip's architecture, else open_clip's named config."""
+    import open_clip
+
+    from clip_search.weights import HF_CLIP
+
+    if model.startswith("local-dir:"):
+        config = json.loads((Path(model.removeprefix("local-dir:")) / CONFIG_FILE).read_text())
+        return config.get("model_cfg", config), config.get("preprocess_cfg", {})
+    if model.startswith(HF_CLIP):
+        from clip_search.encoders import hf_clip
+
+        return hf_clip.inspect(model).model_cfg, {}
+    return open_clip.get_model_config(model) or {}, {}
 
 
 @torch.inference_mode()

@@ -262,21 +262,25 @@ def _fulltext_leg(query: FusedQuery, others: list[str]) -> tuple[str, list]:
     loose = len(positive_groups) > 1
     from_vector = "vector" in others
 
-    def matches(column: str, guard: str = "") -> tuple[str, list]:
+    def matches(column: str, expression: tuple[str, list], guard: str = "") -> tuple[str, list]:
+        # The index read names the query itself, not ``(SELECT … FROM q)``: the planner can then
+        # estimate how many rows it matches, and starts from a selective filter's few rows (a
+        # brand's 1 %) instead of from the words' 40,000 (measured: 427 → 159 ms p95 at 200k).
+        condition, condition_params = expression
         parts = [f"""
             (SELECT e.object_pk, e.search_document, e.keywords, e.keyword_tokens
              FROM clip_search_embedding e
-             WHERE {scope} AND e.status = ANY(%s) AND e.search_document @@ (SELECT {column} FROM q) {guard}
+             WHERE {scope} AND e.status = ANY(%s) AND e.search_document @@ ({condition}) {guard}
                {"AND e.object_pk NOT IN (SELECT object_pk FROM vector_leg)" if from_vector else ""}
              LIMIT %s)"""]
-        params = [*scope_params, query.text_statuses, read]
+        params = [*scope_params, query.text_statuses, *condition_params, read]
         if from_vector:
             parts.append(f"""
             (SELECT object_pk, search_document, keywords, keyword_tokens FROM vector_leg
              WHERE search_document @@ (SELECT {column} FROM q) {guard})""")
         return " UNION ALL ".join(parts), params
 
-    strict, strict_match_params = matches("query")
+    strict, strict_match_params = matches("query", (strict_sql, strict_params))
     ctes = [f"strict AS MATERIALIZED ({strict})"]
     params = [*strict_match_params]
     found = "SELECT *, false AS relaxed, ts_rank(search_document, (SELECT query FROM q)) AS score FROM strict"
@@ -285,7 +289,8 @@ def _fulltext_leg(query: FusedQuery, others: list[str]) -> tuple[str, list]:
         loose_sql, loose_params = tsquery(query.terms, query.text_search_config, loose=True)
         q_columns, q_params = f"{strict_sql}, {loose_sql}", [*strict_params, *loose_params]
         # NOT EXISTS over strict is a one-time filter: no read when a product has every word.
-        relaxed, relaxed_params = matches("loose", "AND NOT EXISTS (SELECT FROM strict)")
+        relaxed, relaxed_params = matches("loose", (loose_sql, loose_params),
+                                          "AND NOT EXISTS (SELECT FROM strict)")
         ctes.append(f"relaxed AS MATERIALIZED ({relaxed})")
         params += relaxed_params
         found += (" UNION ALL SELECT *, true, ts_rank(search_document, (SELECT loose FROM q)) FROM relaxed")

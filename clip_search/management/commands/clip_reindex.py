@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from clip_search import bulk
+from clip_search import bulk, evaluation
+from clip_search.calibration import calibrate
 from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderLoadError, EncoderSpec
 from clip_search.indexing import active_encoder, register_encoder
@@ -29,8 +30,16 @@ class Command(BaseCommand):
         parser.add_argument("--pretrained", default="",
                             help="Weights of --model: a tag or a checkpoint file (not for local-dir: "
                                  "or hf-clip:).")
-        parser.add_argument("--activate", action="store_true",
-                            help="Then make that encoder active, if every product is covered.")
+        activation = parser.add_mutually_exclusive_group()
+        activation.add_argument("--activate", action="store_true",
+                                help="Then make that encoder active, if every product is covered.")
+        activation.add_argument("--activate-if-better", action="store_true",
+                                help="Then make it active only if it beats the active encoder on held-out "
+                                     "clicks (clip_eval's fused nDCG@10, beyond chance); refused otherwise, "
+                                     "with the figures.")
+        parser.add_argument("--held-out", type=float, default=0.2,
+                            help="--activate-if-better: the latest share of the logged searches with clicks "
+                                 "the models are judged on (default 0.2, as clip_train --source clicks).")
         parser.add_argument("--timeout", type=float, default=None, help="--async: give up after N s.")
         parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                             help="Do not measure the encoder's relevance floor afterwards (clip_calibrate "
@@ -58,6 +67,8 @@ class Command(BaseCommand):
             for pk, reason in sorted(summary.errors.items()):
                 self.stdout.write(f"  failed {registration.label} pk={pk}: {reason}")
             failed += summary.counts["failed"]
+        if options["activate_if_better"] and not encoder.is_active:
+            options["activate"] = self.judge(encoder, registrations, options["held_out"])
         if options["activate"]:
             try:
                 bulk.activate(encoder, registrations)
@@ -70,6 +81,19 @@ class Command(BaseCommand):
                 registrations, encoder, calibrate=options["calibrate"]))
         if failed:
             raise CommandError(f"{failed} objects failed; their rows keep the reason (status 'error').")
+
+    def judge(self, encoder, registrations, held_out: float) -> bool:
+        """Calibrate the candidate as it would be once active, compare it with the active encoder
+        on held-out clicks; True if it is better, CommandError with the figures if not."""
+        calibrate(encoder)
+        try:
+            comparison = evaluation.gate(encoder, registrations[0].get_queryset(), held_out=held_out)
+        except ValueError as error:
+            raise CommandError(f"Not activated: {error}") from error
+        if not comparison.better:
+            raise CommandError(f"Not activated, the candidate is not better: {comparison}")
+        self.stdout.write(f"The candidate is better: {comparison}")
+        return True
 
     def reindex(self, registration, encoder, batch_size: int, options: dict):
         total = bulk.count_work(registration, encoder, missing_only=options["missing"])

@@ -1,7 +1,10 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from clip_search import searchlog
 from clip_search.encoders import EncoderLoadError
 from clip_search.training import TrainingArgs, train
+
+CLICKS = "clip_search.training:clicked_catalog"
 
 
 class Command(BaseCommand):
@@ -19,7 +22,12 @@ class Command(BaseCommand):
         start.add_argument("--config", help="JSON model config to train from scratch.")
         parser.add_argument("--pretrained", default="", help="Weights of --model (tag or file).")
         parser.add_argument("--source", default=TrainingArgs.source,
-                            help="module:function returning a TrainingSet (default: registered models).")
+                            help="module:function returning a TrainingSet (default: registered models), or "
+                                 "'clicks': the catalog plus what shoppers typed before clicking (the search "
+                                 "log), the latest --held-out share of it kept to judge the model.")
+        parser.add_argument("--held-out", type=float, default=0.2,
+                            help="--source clicks: the latest share of the logged searches, by time, that "
+                                 "judges the model instead of training it (default 0.2).")
         parser.add_argument("--steps", type=int, default=TrainingArgs.steps)
         parser.add_argument("--batch-size", type=int, default=TrainingArgs.batch_size)
         parser.add_argument("--lr", type=float, default=TrainingArgs.lr)
@@ -30,8 +38,11 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="Retrain even if cached.")
 
     def handle(self, *args, **options):
+        source = CLICKS if options["source"] == "clicks" else options["source"]
+        # What the log holds is part of what identifies the run: new clicks, a new model.
+        extra = {"held_out": options["held_out"], "log": searchlog.state()} if source == CLICKS else {}
         training_args = TrainingArgs(
-            output=options["output"], source=options["source"], model=options["model"] or "",
+            output=options["output"], source=source, model=options["model"] or "", extra=extra,
             pretrained=options["pretrained"], config=options["config"] or "",
             steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
             seed=options["seed"], threads=options["threads"],
