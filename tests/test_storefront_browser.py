@@ -25,6 +25,7 @@ from django.test.testcases import LiveServerThread
 from playwright.sync_api import Page, Route, expect
 
 from clip_search.models import SearchEvent, SearchRecord
+from shop_demo.catalog import shoppers
 from shop_demo.catalog.generator import generate_catalog
 from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
@@ -699,3 +700,64 @@ def test_a_search_the_log_did_not_keep_sends_no_event(catalog, shop_url, chromiu
         expect(page.locator("#cart-count")).to_have_text("1")  # the cart works all the same
         page.wait_for_timeout(300)
         assert sent == []
+
+
+# --------------------------------------------------------------------------- the analytics page
+
+STAFF_PASSWORD = "analytics-pw-123"
+
+
+@pytest.fixture(scope="module")
+def simulated_log(shop_url, django_db_blocker) -> Iterator[list[shoppers.Search]]:
+    """A short simulated fortnight: shoppers search and click through the live server's API over
+    HTTP (manage.py demo_shoppers --url), their rows backdated over 14 days. Committed, as the
+    live server wrote them; deleted afterwards."""
+    cache.clear()
+    with django_db_blocker.unblock():
+        searches = shoppers.simulate(lambda n: shoppers.HttpShop(shop_url, shoppers.user_agent(n)),
+                                     shoppers=24, seed=8, days=14)
+        assert shoppers.backdate(searches) == len(searches)
+    yield searches
+    with django_db_blocker.unblock():
+        SearchRecord.objects.filter(pk__in=[search.search_id for search in searches]).delete()
+
+
+@pytest.fixture(scope="module")
+def staff(shop_url, django_db_blocker) -> Iterator[str]:
+    """A superuser the live server sees (committed); deleted afterwards."""
+    from django.contrib.auth import get_user_model
+
+    with django_db_blocker.unblock():
+        user = get_user_model().objects.create_superuser("analytics-staff", "staff@example.com",
+                                                         STAFF_PASSWORD)
+    yield user.username
+    with django_db_blocker.unblock():
+        user.delete()
+
+
+def test_the_analytics_page_draws_a_simulated_fortnight(simulated_log, staff, shop_url, chromium, tmp_path):
+    clicked = [search for search in simulated_log if search.clicks]
+    assert len(clicked) >= 5 and any(search.count == 0 for search in simulated_log)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("response", lambda response: response.status >= 500 and problems.append(response.url))
+    try:
+        page.goto(f"{shop_url}/admin/login/?next=/admin/clip_search/searchrecord/analytics/")
+        page.fill("#id_username", staff)
+        page.fill("#id_password", STAFF_PASSWORD)
+        page.click("input[type=submit]")
+        page.locator(".clip-analytics svg").first.wait_for()
+        main = page.locator("#content-main")
+        assert main.locator("svg").count() >= 3
+        # What the simulation did is on it: a clicked query among the top ones, and the daily
+        # chart spans the fortnight (a column per day with searches).
+        top_queries = main.locator(".clip-analytics-table").first.inner_text()
+        assert any(search.phrase.text in top_queries for search in clicked)
+        days = {search.at.date() for search in simulated_log}
+        assert len(days) >= 7
+        shot = screenshot(page, tmp_path, "analytics.png", full_page=True)
+    finally:
+        context.close()
+    assert not problems
+    assert_not_blank(shot)

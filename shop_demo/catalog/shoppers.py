@@ -299,13 +299,21 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- time and the report
 
 
-def backdate(searches: list[Search]) -> int:
+def backdate(searches: list[Search], patience: float = 3.0) -> int:
     """Move the log rows of ``searches`` (by id) and their events to the simulated times; returns
-    how many searches were found. For the simulation only (see the module docstring)."""
+    how many searches were found. For the simulation only (see the module docstring).
+
+    A server saves a search's row once its response has gone out, so the last rows may land a
+    moment after the simulation ends: missing ones are waited for up to ``patience`` seconds."""
     from clip_search.models import SearchEvent, SearchRecord
 
     by_id = {search.search_id: search for search in searches if search.search_id}
-    rows = list(SearchRecord.objects.filter(pk__in=list(by_id)).only("pk", "created_at"))
+    deadline = time.monotonic() + patience
+    while True:
+        rows = list(SearchRecord.objects.filter(pk__in=list(by_id)).only("pk", "created_at"))
+        if len(rows) == len(by_id) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for row in rows:
         row.created_at = by_id[str(row.pk)].at
     SearchRecord.objects.bulk_update(rows, ["created_at"], batch_size=500)
