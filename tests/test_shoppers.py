@@ -211,6 +211,16 @@ def test_the_events_land_in_the_log_tied_to_their_searches_at_simulated_times(sh
     assert len(set(by_shopper.values())) == len(by_shopper)
 
 
+def test_judged_queries_from_the_shops_rows_name_the_right_products(catalog, db):
+    truth = {str(product.pk): spec for spec, product in catalog}
+    judged = evaluation_queries(shoppers.seen_products())
+    assert len(judged) >= 100 and not any(word in CATEGORY_LABELS for q in judged for word in q["q"].split())
+    for query in judged:
+        colour, noun = query["q"].split()
+        for pk in query["rel"]:
+            assert (truth[pk].colour, truth[pk].category) == (SHOPPER_WORDS[colour], SHOPPER_WORDS[noun])
+
+
 def test_the_command_runs_shoppers_in_process_and_prints_a_summary(catalog, db):
     cache.clear()
     out = io.StringIO()

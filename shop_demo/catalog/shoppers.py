@@ -18,6 +18,10 @@ matters there:
 - deterministic: shopper ``i`` draws everything from ``random.Random(f"{seed}:{i}")``, so the
   same seed on the same catalog gives the same queries and clicks.
 
+    manage.py demo_shoppers --in-process --shoppers 500 --seed 1     # no server needed
+    DEMO_API_THROTTLE=off manage.py runserver --insecure &            # or through a live server:
+    manage.py demo_shoppers --url http://127.0.0.1:8000 --shoppers 500 --seed 1
+
 Time: the API stamps its rows with the time they were written, and a simulation runs in
 minutes. For a time-based hold-out the rows must span days, so ``backdate`` moves each row this
 simulation wrote (and only those, by id) to its shopper's simulated time: sessions spread
@@ -147,7 +151,8 @@ class InProcessShop:
 
 def shopper_address(number: int) -> str:
     """A private address per shopper (10.x.y.z): distinct throttles and session hashes."""
-    return f"10.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255 or 1}"
+    n = number + 1
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 def user_agent(number: int) -> str:
@@ -294,6 +299,15 @@ def _now() -> datetime:
     from django.utils import timezone
 
     return timezone.now()
+
+
+def seen_products() -> list[tuple[str, Seen]]:
+    """What a shopper sees of every product the storefront shows, by pk: for judging results
+    (``shopper_words.evaluation_queries``) as the simulated shoppers judge them."""
+    from shop_demo.catalog.models import Product
+
+    products = Product.objects.filter(is_public=True).select_related("brand", "category").order_by("pk")
+    return [(str(p.pk), Seen.of(p.title, p.category.name, p.brand.name)) for p in products]
 
 
 # --------------------------------------------------------------------------- time and the report
