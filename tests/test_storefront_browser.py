@@ -684,6 +684,21 @@ def test_opening_and_adding_the_second_result_are_logged_with_its_search_and_pos
         assert logged_events(page_two["search_id"], 1) == [("add_to_cart", fourth, 4)]
 
 
+def test_where_no_beacon_can_be_queued_the_event_goes_by_fetch_keepalive(catalog, shop_url, chromium):
+    with storefront(chromium, shop_url, None) as page:
+        page.add_init_script("navigator.sendBeacon = () => false;")  # e.g. the beacon quota is full
+        types: list[str] = []
+        page.on("request", lambda request: "/api/v1/events/" in request.url
+                and types.append(request.resource_type))
+        page.goto(f"{shop_url}/")
+        settle(page)
+        answer = search_for(page, "greystone")
+        page.locator("#grid .card").first.locator(".add-to-cart").click()
+        first = str(answer["results"][0]["id"])
+        assert logged_events(answer["search_id"], 1) == [("add_to_cart", first, 1)]
+        assert types == ["fetch"]
+
+
 def test_a_search_the_log_did_not_keep_sends_no_event(catalog, shop_url, chromium):
     with storefront(chromium, shop_url, None) as page:
         answer = search_api(page, shop_url, q="greystone")
