@@ -231,7 +231,8 @@ def simulate(shop_for: Callable[[int], Shop], *, shoppers: int, seed: int, days:
 
 
 def session(shop: Shop, number: int, rng: random.Random, at: datetime, behaviour: Behaviour) -> list[Search]:
-    """One shopper's visit: search, look, click, maybe refine; stops once something is in the cart."""
+    """One shopper's visit: search, look, click; after a page with nothing they wanted on it,
+    maybe search again in other words (``refine``)."""
     intent = Intent.draw(rng, behaviour.brand)
     words = phrase(intent, rng, own_words=behaviour.own_words, misspell=behaviour.misspell)
     searches = []
@@ -243,11 +244,9 @@ def session(shop: Shop, number: int, rng: random.Random, at: datetime, behaviour
         search.shown_grades = [Seen.of(r["title"], r["category"], r["brand"]).grade(intent) for r in results]
         look(shop, search, results, rng, behaviour)
         searches.append(search)
-        if any(event.kind == "add_to_cart" for event in search.events) or search.wanted_click:
+        if search.wanted_click or rng.random() >= behaviour.refine:
             break
-        if rng.random() >= behaviour.refine:
-            break
-        at += timedelta(seconds=rng.uniform(20, 90))
+        at = max([at, *(event.at for event in search.events)]) + timedelta(seconds=rng.uniform(20, 90))
         words = refine(intent, words, rng)
     return searches
 
