@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -23,6 +24,8 @@ from django.db import connection, connections
 from django.test.testcases import LiveServerThread
 from playwright.sync_api import Page, Route, expect
 
+from clip_search.models import SearchEvent, SearchRecord
+from shop_demo.catalog import shoppers
 from shop_demo.catalog.generator import generate_catalog
 from tests.catalog import embedded_catalog
 from tests.conftest import assert_not_blank
@@ -603,3 +606,173 @@ def test_highlights_become_marks_and_nothing_else(catalog, shop_url, chromium):
         assert title.locator("mark").all_inner_texts() == ["Grey"]
         assert title.locator("*:not(mark)").count() == 0
         assert page.evaluate("window.owned") is None
+
+
+# --------------------------------------------------------------------------- events (the search log)
+
+
+def logged_events(search_id: str, expected: int, timeout: float = 10.0) -> list[tuple]:
+    """The search's events as the live server recorded them: (kind, product pk, position), in
+    the order they came, once ``expected`` have arrived (a beacon is sent in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = list(SearchEvent.objects.filter(search_id=search_id).order_by("created_at", "pk")
+                    .values_list("kind", "object_pk", "position"))
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def event_requests(page: Page) -> list[dict]:
+    """Every event the page sends from now on, as sent (the method, the type, the JSON body)."""
+    sent: list[dict] = []
+    page.on("request", lambda request: "/api/v1/events/" in request.url and sent.append({
+        "method": request.method, "content_type": request.headers.get("content-type", ""),
+        "body": json.loads(request.post_data or "null")}))
+    return sent
+
+
+def test_opening_and_adding_the_second_result_are_logged_with_its_search_and_position(
+        catalog, shop_url, chromium, tmp_path, monkeypatch):
+    monkeypatch.setattr("shop_demo.storefront.views.PAGE_SIZE", 3)  # page 2 below starts at result 4
+    with storefront(chromium, shop_url) as page:
+        sent = event_requests(page)
+        answer = search_for(page, "greystone")
+        search_id, second = answer["search_id"], answer["results"][1]
+        assert search_id and SearchRecord.objects.filter(pk=search_id).exists()
+        card = page.locator("#grid .card").nth(1)
+        assert card.get_attribute("data-pk") == str(second["id"])
+        assert card.get_attribute("data-position") == "2"
+
+        # The title opens the product's panel (the demo has no product pages): a click.
+        card.locator(".title").click()
+        dialog = page.locator("#product-dialog")
+        expect(dialog).to_be_visible()
+        expect(dialog.locator("#dialog-title")).to_have_text(second["title"])
+        assert logged_events(search_id, 1) == [("click", str(second["id"]), 2)]
+        screenshot(page, tmp_path, "storefront-product-panel.png")
+
+        # "Add to cart" in the panel, then on the card: each an add to cart of result 2.
+        page.click("#dialog-add")
+        expect(page.locator("#cart-count")).to_have_text("1")
+        page.click("#product-dialog .dialog-close")
+        expect(dialog).to_be_hidden()
+        card.locator(".add-to-cart").click()
+        expect(page.locator("#cart-count")).to_have_text("2")
+        # The picture opens the panel too.
+        card.locator(".thumb").click()
+        expect(dialog).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+
+        product = str(second["id"])
+        assert logged_events(search_id, 4) == [("click", product, 2), ("add_to_cart", product, 2),
+                                               ("add_to_cart", product, 2), ("click", product, 2)]
+        # As a beacon sends them: POSTed JSON as text/plain, naming the search and the position.
+        assert [request["body"] for request in sent] == [
+            {"search_id": search_id, "kind": kind, "product_id": product, "position": 2}
+            for kind in ("click", "add_to_cart", "add_to_cart", "click")]
+        assert all(request["method"] == "POST" and request["content_type"].startswith("text/plain")
+                   for request in sent)
+
+        # On page 2 a result's position counts the first page's results too; each page is a
+        # search of its own in the log.
+        page_two = navigate(page, lambda: page.click("#next"))
+        assert page_two["search_id"] not in (None, search_id)
+        page.locator("#grid .card").first.locator(".add-to-cart").click()
+        fourth = str(page_two["results"][0]["id"])
+        assert logged_events(page_two["search_id"], 1) == [("add_to_cart", fourth, 4)]
+
+
+def test_where_no_beacon_can_be_queued_the_event_goes_by_fetch_keepalive(catalog, shop_url, chromium):
+    with storefront(chromium, shop_url, None) as page:
+        page.add_init_script("navigator.sendBeacon = () => false;")  # e.g. the beacon quota is full
+        types: list[str] = []
+        page.on("request", lambda request: "/api/v1/events/" in request.url
+                and types.append(request.resource_type))
+        page.goto(f"{shop_url}/")
+        settle(page)
+        answer = search_for(page, "greystone")
+        page.locator("#grid .card").first.locator(".add-to-cart").click()
+        first = str(answer["results"][0]["id"])
+        assert logged_events(answer["search_id"], 1) == [("add_to_cart", first, 1)]
+        assert types == ["fetch"]
+
+
+def test_a_search_the_log_did_not_keep_sends_no_event(catalog, shop_url, chromium):
+    with storefront(chromium, shop_url, None) as page:
+        answer = search_api(page, shop_url, q="greystone")
+        unlogged = {**answer, "search_id": None}  # what the API answers with SEARCH_LOG off
+        page.route("**/api/v1/search/**", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(unlogged)))
+        sent = event_requests(page)
+        page.goto(f"{shop_url}/?q=greystone")
+        settle(page)
+        card = page.locator("#grid .card").nth(1)
+        card.locator(".title").click()
+        expect(page.locator("#product-dialog")).to_be_visible()
+        page.click("#dialog-add")
+        expect(page.locator("#cart-count")).to_have_text("1")  # the cart works all the same
+        page.wait_for_timeout(300)
+        assert sent == []
+
+
+# --------------------------------------------------------------------------- the analytics page
+
+STAFF_PASSWORD = "analytics-pw-123"
+
+
+@pytest.fixture(scope="module")
+def simulated_log(shop_url, django_db_blocker) -> Iterator[list[shoppers.Search]]:
+    """A short simulated fortnight: shoppers search and click through the live server's API over
+    HTTP (manage.py demo_shoppers --url), their rows backdated over 14 days. Committed, as the
+    live server wrote them; deleted afterwards."""
+    cache.clear()
+    with django_db_blocker.unblock():
+        searches = shoppers.simulate(lambda n: shoppers.HttpShop(shop_url, shoppers.user_agent(n)),
+                                     shoppers=24, seed=8, days=14)
+        assert shoppers.backdate(searches) == len(searches)
+    yield searches
+    with django_db_blocker.unblock():
+        SearchRecord.objects.filter(pk__in=[search.search_id for search in searches]).delete()
+
+
+@pytest.fixture(scope="module")
+def staff(shop_url, django_db_blocker) -> Iterator[str]:
+    """A superuser the live server sees (committed); deleted afterwards."""
+    from django.contrib.auth import get_user_model
+
+    with django_db_blocker.unblock():
+        user = get_user_model().objects.create_superuser("analytics-staff", "staff@example.com",
+                                                         STAFF_PASSWORD)
+    yield user.username
+    with django_db_blocker.unblock():
+        user.delete()
+
+
+def test_the_analytics_page_draws_a_simulated_fortnight(simulated_log, staff, shop_url, chromium, tmp_path):
+    clicked = [search for search in simulated_log if search.clicks]
+    assert len(clicked) >= 5 and any(search.count == 0 for search in simulated_log)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("response", lambda response: response.status >= 500 and problems.append(response.url))
+    try:
+        page.goto(f"{shop_url}/admin/login/?next=/admin/clip_search/searchrecord/analytics/")
+        page.fill("#id_username", staff)
+        page.fill("#id_password", STAFF_PASSWORD)
+        page.click("input[type=submit]")
+        page.locator(".clip-analytics svg").first.wait_for()
+        main = page.locator("#content-main")
+        assert main.locator("svg").count() >= 3
+        # What the simulation did is on it: a clicked query among the top ones, and the daily
+        # chart spans the fortnight (a column per day with searches).
+        top_queries = main.locator(".clip-analytics-table").first.inner_text()
+        assert any(search.phrase.text in top_queries for search in clicked)
+        days = {search.at.date() for search in simulated_log}
+        assert len(days) >= 7
+        shot = screenshot(page, tmp_path, "analytics.png", full_page=True)
+    finally:
+        context.close()
+    assert not problems
+    assert_not_blank(shot)

@@ -389,6 +389,25 @@ def _nouns(category: str, seed: int) -> tuple[str, ...]:
     return _KNIFE_NOUNS[knife_style(seed)] if category == "knife" else _VOCAB[category].nouns
 
 
+def nouns(category: str) -> tuple[str, ...]:
+    """The nouns product texts of ``category`` use, the canonical one first ("mug", "cup", ...)."""
+    if category == "knife":
+        return tuple(dict.fromkeys(noun for style in _KNIFE_STYLES for noun in _KNIFE_NOUNS[style]))
+    return _VOCAB[category].nouns
+
+
+def vocabulary_texts() -> list[str]:
+    """Every piece of text the drawn catalog's titles and descriptions are made of, besides the
+    templates' own words: nouns, adjectives, feature sentences, colours, brands, category labels
+    and SKU codes. What a word no product text uses must be absent from."""
+    texts = [*COLOURS, *BRANDS, *CATEGORY_LABELS.values(), *CATEGORY_CODES.values(), *BRAND_CODES.values()]
+    for vocab in _VOCAB.values():
+        texts += [*vocab.nouns, *vocab.adjectives, *vocab.features]
+    for style_nouns in _KNIFE_NOUNS.values():
+        texts += style_nouns
+    return texts
+
+
 def category_nouns(spec: ProductSpec) -> tuple[str, ...]:
     """Words for what ``spec`` is, the plain category slug first ("knife", not "chef's knife")."""
     nouns = _nouns(spec.category, spec.seed)

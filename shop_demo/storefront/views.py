@@ -58,6 +58,8 @@ STRINGS = {
     "minPriceChip": _("From {price}"),
     "maxPriceChip": _("Up to {price}"),
     "suggestionKinds": {"brand": _("Brand"), "category": _("Category"), "title": ""},
+    "addToCart": _("Add to cart"),
+    "added": _("Added ✓"),
     # Errors, by the API's error code; "serverError" for any other.
     "notAnImage": _("Please choose an image file (JPEG, PNG, WebP…)."),
     "brokenImage": _("This picture could not be read. Please try another one."),

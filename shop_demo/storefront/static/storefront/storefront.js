@@ -5,6 +5,10 @@
 // go(), which writes the URL (a new history entry, or the same one while the shopper is only
 // typing) and then show()s it; Back, Forward and a deep link show() the URL they land on. So
 // whatever is on screen can be shared, and comes back as it was.
+//
+// What the shopper does with a result (opens it, adds it to the cart) is reported to the shop's
+// search log (POST /api/v1/events/) with the search's id and the result's position, by a beacon
+// that outlives the page. A search the log did not keep (search_id null) reports nothing.
 "use strict";
 
 (function () {
@@ -18,6 +22,7 @@
     image: root.dataset.imageUrl,
     suggest: root.dataset.suggestUrl,
     similar: (pk) => root.dataset.similarUrl.replace("__pk__", encodeURIComponent(pk)),
+    events: root.dataset.eventsUrl,
   };
   const form = el("search-form"), input = el("q"), listbox = el("suggestions");
   const filters = el("filters"), facetsBox = el("facets"), filtersToggle = el("filters-toggle");
@@ -29,6 +34,7 @@
   const empty = el("empty"), pager = el("pager");
   const dropzone = el("dropzone"), imageInput = el("image-input"), preview = el("image-preview");
   const template = el("card-template");
+  const dialog = el("product-dialog"), dialogAdd = el("dialog-add"), cartCount = el("cart-count");
   const price = new Intl.NumberFormat(document.documentElement.lang || undefined,
     {style: "currency", currency: "EUR"});
 
@@ -149,6 +155,7 @@
 
   function show(state) {
     current = state;
+    if (dialog.open) dialog.close();  // Back while a product's panel is open: the panel goes too
     syncControls(state);
     renderChips(state);
     document.title = state.q ? format(strings.pageTitleQuery, {query: state.q}) : strings.pageTitle;
@@ -226,7 +233,9 @@
   function render(state, data) {
     atHome(false);
     error.hidden = true;
-    grid.replaceChildren(...data.results.map(card));
+    // Every card keeps the search that showed it and where: its position among all the results.
+    const shown = {searchId: data.search_id || null, offset: (state.page - 1) * PAGE_SIZE};
+    grid.replaceChildren(...data.results.map((product, index) => card(product, shown, index)));
     grid.hidden = data.count === 0;
     status.textContent = summary(state, data);
     renderSpelling(state, data);
@@ -269,13 +278,15 @@
     notes.hidden = !lines.length;
   }
 
-  function card(product) {
+  function card(product, shown, index) {
     const node = template.content.firstElementChild.cloneNode(true);
     const img = node.querySelector("img");
     if (product.image) img.src = product.image; else img.remove();
+    const result = {searchId: shown.searchId, position: shown.offset + index + 1};
     node.dataset.pk = product.id;
     node.dataset.sku = product.sku;
     node.dataset.category = product.category;
+    node.dataset.position = result.position;
     const title = node.querySelector(".title");
     const marked = product.highlight && product.highlight.title;
     if (marked) appendMarked(title, marked); else title.textContent = product.title;
@@ -285,6 +296,12 @@
     const stock = node.querySelector(".stock");
     stock.textContent = product.in_stock ? strings.inStock : strings.outOfStock;
     stock.classList.toggle("out", !product.in_stock);
+    const open = () => openProduct(product, result);
+    node.querySelector(".title").addEventListener("click", open);
+    node.querySelector(".thumb").addEventListener("click", open);
+    node.querySelector(".add-to-cart").addEventListener("click", (event) => {
+      addToCart(product, result, event.currentTarget);
+    });
     node.querySelector(".like").addEventListener("click", () => {
       go({...blank(), like: String(product.id), likeTitle: product.title});
       window.scrollTo({top: 0, behavior: "smooth"});
@@ -299,6 +316,64 @@
     parsed.innerHTML = html;
     for (const child of parsed.content.childNodes) {
       node.append(child.nodeName === "MARK" ? textElement("mark", child.textContent) : child.textContent);
+    }
+  }
+
+  // ------------------------------------------------------------------ a product's panel, the cart, events
+
+  let dialogProduct = null;  // {product, result} of the open panel
+
+  // The demo has no product pages: the panel shows what the card shows, larger.
+  function openProduct(product, result) {
+    dialogProduct = {product, result};
+    const image = el("dialog-image");
+    image.hidden = !product.image;
+    if (product.image) image.src = product.image; else image.removeAttribute("src");
+    el("dialog-title").textContent = product.title;
+    el("dialog-brand").textContent = product.brand;
+    el("dialog-category").textContent = product.category;
+    el("dialog-sku").textContent = product.sku;
+    el("dialog-price").textContent = price.format(Number(product.price));
+    const stock = el("dialog-stock");
+    stock.textContent = product.in_stock ? strings.inStock : strings.outOfStock;
+    stock.classList.toggle("out", !product.in_stock);
+    dialogAdd.textContent = strings.addToCart;
+    if (!dialog.open) dialog.showModal();
+    sendEvent("click", product, result);
+  }
+
+  dialogAdd.addEventListener("click", () => {
+    if (dialogProduct) addToCart(dialogProduct.product, dialogProduct.result, dialogAdd);
+  });
+  dialog.addEventListener("click", (event) => {
+    if (event.target === dialog) dialog.close();  // a click on the backdrop
+  });
+
+  let cart = 0;
+  function addToCart(product, result, button) {
+    cart += 1;
+    cartCount.textContent = String(cart);
+    button.textContent = strings.added;
+    setTimeout(() => { button.textContent = strings.addToCart; }, 1500);
+    sendEvent("add_to_cart", product, result);
+  }
+
+  // A beacon is queued by the browser and sent even if the page is left right after; its JSON
+  // goes as text/plain (no CORS preflight), which the API reads. fetch with keepalive where a
+  // beacon cannot be queued (no support, or the browser's beacon quota is full).
+  function sendEvent(kind, product, result) {
+    if (!result.searchId) return;  // the shop keeps no search log
+    const body = JSON.stringify({search_id: result.searchId, kind, product_id: String(product.id),
+      position: result.position});
+    let queued = false;
+    try {
+      queued = Boolean(navigator.sendBeacon) && navigator.sendBeacon(urls.events, body);
+    } catch (failure) {
+      queued = false;
+    }
+    if (!queued) {
+      fetch(urls.events, {method: "POST", body, keepalive: true, credentials: "same-origin",
+        headers: {"Content-Type": "text/plain;charset=UTF-8"}}).catch(() => {});
     }
   }
 
