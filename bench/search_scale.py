@@ -1117,7 +1117,7 @@ from shop_demo.settings import *  # noqa: F403
 
 # One client IP sends hundreds of queries a minute: lift the storefront throttle for the bench.
 REST_FRAMEWORK = {{**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {{
-    "clip_search": "1000000/min", "clip_search_image": "1000000/min"}}}}
+    "clip_search": "1000000/min", "clip_search_image": "1000000/min", "clip_search_suggest": "1000000/min"}}}}
 CLIP_SEARCH = {{**CLIP_SEARCH, "TEXT_ENCODER": {text_encoder!r}}}
 # The demo closes connections after each request because runserver starts a thread per request;
 # a production server's worker threads are long-lived and keep theirs.
