@@ -17,6 +17,9 @@ It reads one JSON request per line on stdin and answers each with one JSON line 
   text encoder, uncached (the whole library call).
 - ``{"op": "api", "query": "red mug", "vector": [...]}``: ``GET /api/v1/search/?q=…`` through
   Django's test client, in process, the text encoder replaced by the vector.
+- ``{"op": "explain", "query": "red mug", "filter": {...}, "vector": [...]}``: EXPLAIN (ANALYZE,
+  BUFFERS) of the fused statement that search sends, after its ``SET LOCAL``s:
+  ``{"seconds": <server-side execution time>, "plan": "…"}``.
 - ``{"op": "quit"}``.
 
 Answer: ``{"seconds": …, "hits": <fused hits>, "page": [pk, …]}``, or ``{"error": "…"}``.
@@ -113,6 +116,11 @@ def main() -> None:
                     info = results.search_info
                     assert not info.degraded, info.degraded
                     answer = {"seconds": seconds, "hits": len(info.hits), "page": [p.pk for p in page]}
+                elif request["op"] == "explain":
+                    queryset = Product.objects.filter(**request.get("filter", {}))
+                    query = request["query"]
+                    seconds, plan = explain_fused(lambda q=queryset, t=query: list(search(q, text=t)[:1]))
+                    answer = {"seconds": seconds, "plan": plan}
                 elif request["op"] == "api":
                     started = time.perf_counter()
                     response = client.get("/api/v1/search/", {"q": request["query"]})
@@ -127,6 +135,34 @@ def main() -> None:
         except Exception:
             answer = {"error": traceback.format_exc()}
         print(json.dumps(answer), flush=True)
+
+
+def explain_fused(call) -> tuple[float, str]:
+    """Server-side time (s) and plan of the fused statement ``call`` sends (the one with the legs'
+    CTEs), run again under EXPLAIN (ANALYZE, BUFFERS) after the ``set_config``s before it."""
+    import re
+
+    from django.db import connection, transaction
+
+    statements = []
+
+    def record(execute, sql_text, params, many, context):
+        statements.append((sql_text, params))
+        return execute(sql_text, params, many, context)
+
+    with connection.execute_wrapper(record):
+        call()
+    fused = next(i for i, (text, _params) in enumerate(statements) if "_leg AS MATERIALIZED" in text)
+    with transaction.atomic(), connection.cursor() as cursor:
+        for text, params in statements[:fused]:
+            if "set_config" in text:
+                cursor.execute(text, params)
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, SETTINGS) " + statements[fused][0], statements[fused][1])
+        lines = [line for (line,) in cursor.fetchall()]
+    total = next(float(re.search(r"([\d.]+) ms", line).group(1)) for line in lines
+                 if line.startswith("Execution Time"))
+    plan = re.sub(r"'\[[-0-9.e,]{200,}\]'", "'[…the query vector…]'", "\n".join(lines))
+    return total / 1000, plan
 
 
 if __name__ == "__main__":
