@@ -160,10 +160,19 @@ def run(args: argparse.Namespace) -> None:
         figures["suggest"] = suggest_latency(typed, gunicorn="gunicorn" not in args.skip)
     if "facets" not in args.skip:
         figures["facets"] = facet_latency(pool.take(args.facet_queries), vectors)
-    if "compare" not in args.skip:
-        figures["compare"] = compare(args, catalog, pool, vectors, onnx_encoder, rng)
-    if "profile" not in args.skip:
-        profile(typed, pool, vectors, rng, verbose=args.explain)
+    old = None
+    if "compare" not in args.skip or "profile" not in args.skip:
+        tree = old_tree(args)
+        progress(f"old code: worker on {tree}")
+        old = OldSearch(tree)
+    try:
+        if "compare" not in args.skip:
+            figures["compare"] = compare(args, catalog, pool, vectors, onnx_encoder, rng, old)
+        if "profile" not in args.skip:
+            profile(typed, catalog, pool, vectors, rng, old, verbose=args.explain)
+    finally:
+        if old is not None:
+            old.close()
     summary(figures)
 
 
@@ -577,8 +586,14 @@ def misspell(query: str, rng: random.Random) -> str | None:
     return " ".join(words)
 
 
+def compared_scopes(catalog: scale.Catalog) -> dict[str, dict]:
+    """The scopes old and new are compared in: {name: Product filter}."""
+    return {"no filter": {}, "storefront: is_public": {"is_public": True},
+            "brand 1 %": {"brand_id": catalog.brands[scale.RARE_BRAND]}}
+
+
 def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precomputed, onnx_encoder,
-            rng: random.Random) -> dict:
+            rng: random.Random, old: OldSearch) -> dict:
     from django.conf import settings
     from django.test import override_settings
     from django.urls import reverse
@@ -586,13 +601,9 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
     from clip_search.search import search
     from shop_demo.catalog.models import Product
 
-    tree = old_tree(args)
-    progress(f"old code: worker on {tree}")
-    old = OldSearch(tree)
     print(f"\n## Fused search before and after ({load_line()})\n")
     print(f"old: {args.old_commit} from {old.imports}; new: this tree. Same database, same queries.")
-    scopes = {"no filter": {}, "storefront: is_public": {"is_public": True},
-              "brand 1 %": {"brand_id": catalog.brands[scale.RARE_BRAND]}}
+    scopes = compared_scopes(catalog)
     rows: list[Compared] = []
     overlap: list[float] = []
     hits: dict[str, list[int]] = {"new": [], "old": []}
@@ -620,79 +631,76 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
     last_new: dict[str, tuple] = {}
     last_old: dict[str, tuple] = {}
     noise: list[float] = []
-    try:
-        for name, scope in scopes.items():
-            queries = pool.take(args.queries)
-            vectors.add(queries)
-            variants = {"new, vector given": new_search(scope, vectors),
-                        "old, vector given": old_search(scope, True),
-                        "new + onnx int8 encode": new_search(scope, onnx_encoder),
-                        "old + onnx int8 encode": old_search(scope, False)}
-            if name.startswith("storefront"):  # what the new code's extra work costs, piece by piece
-                variants.update({
-                    "new, vector given, correct=False": new_search(scope, vectors, correct=False),
-                    "new, vector given, limit=100 (the old LIMIT)": new_search(scope, vectors, limit=100),
-                    "noise floor: fixed CPU work": cpu_work})
-            progress(f"old vs new: {name}")
-            for query in queries:  # untimed: a query the new code corrects gets its vector here
-                variants["new, vector given"](query)
-            times = rotated(variants, queries)
-            for query in queries:
-                new_page, old_page = set(last_new[query][0]), set(last_old[query][0])
-                if name.startswith("storefront") and (new_page or old_page):
-                    overlap.append(len(new_page & old_page) / max(1, len(new_page | old_page)))
-                    hits["new"].append(last_new[query][1])
-                    hits["old"].append(last_old[query][1])
-            noise += times.pop("noise floor: fixed CPU work", [])
-            rows.append(Compared(name, "vector given", times.pop("new, vector given"),
-                                 times.pop("old, vector given")))
-            rows.append(Compared(name, "+ onnx int8 encode", times.pop("new + onnx int8 encode"),
-                                 times.pop("old + onnx int8 encode")))
-            for variant, samples in times.items():
-                rows.append(Compared(name, variant.removeprefix("new, "), samples, []))
-
-        # Misspelt queries: the new code corrects them (one more look-up), the old searches them as typed.
-        progress("old vs new: misspelt storefront queries")
-        storefront = scopes["storefront: is_public"]
-        misspelt = [q for q in (misspell(q, rng) for q in pool.take(args.queries * 2)) if q][:args.queries]
-        vectors.add(misspelt)
-        for query in misspelt:  # the corrected queries' vectors, before anything is timed
-            new_search(storefront, vectors)(query)
-        times = rotated({"new": new_search(storefront, vectors), "old": old_search(storefront, True)},
-                        misspelt)
-        rows.append(Compared("storefront, one word misspelt", "vector given", times["new"], times["old"]))
-
-        # The API with facets off against the old API (which has none), and with them.
-        progress("old vs new: the API")
-        path = reverse("clip_search_api:search", kwargs={"version": "v1"})
+    for name, scope in scopes.items():
         queries = pool.take(args.queries)
         vectors.add(queries)
-        no_facets = override_settings(CLIP_SEARCH_API={**settings.CLIP_SEARCH_API, "FACETS": {}})
-        with api_client() as client:
-            def new_api(facets_on: bool) -> Callable[[str], float]:
-                def run(query: str) -> float:
-                    with scale.query_encoder(vectors):
-                        started = time.perf_counter()
-                        if facets_on:
+        variants = {"new, vector given": new_search(scope, vectors),
+                    "old, vector given": old_search(scope, True),
+                    "new + onnx int8 encode": new_search(scope, onnx_encoder),
+                    "old + onnx int8 encode": old_search(scope, False)}
+        if name.startswith("storefront"):  # what the new code's extra work costs, piece by piece
+            variants.update({
+                "new, vector given, correct=False": new_search(scope, vectors, correct=False),
+                "new, vector given, limit=100 (the old LIMIT)": new_search(scope, vectors, limit=100),
+                "noise floor: fixed CPU work": cpu_work})
+        progress(f"old vs new: {name}")
+        for query in queries:  # untimed: a query the new code corrects gets its vector here
+            variants["new, vector given"](query)
+        times = rotated(variants, queries)
+        for query in queries:
+            new_page, old_page = set(last_new[query][0]), set(last_old[query][0])
+            if name.startswith("storefront") and (new_page or old_page):
+                overlap.append(len(new_page & old_page) / max(1, len(new_page | old_page)))
+                hits["new"].append(last_new[query][1])
+                hits["old"].append(last_old[query][1])
+        noise += times.pop("noise floor: fixed CPU work", [])
+        rows.append(Compared(name, "vector given", times.pop("new, vector given"),
+                             times.pop("old, vector given")))
+        rows.append(Compared(name, "+ onnx int8 encode", times.pop("new + onnx int8 encode"),
+                             times.pop("old + onnx int8 encode")))
+        for variant, samples in times.items():
+            rows.append(Compared(name, variant.removeprefix("new, "), samples, []))
+
+    # Misspelt queries: the new code corrects them (one more look-up), the old searches them as typed.
+    progress("old vs new: misspelt storefront queries")
+    storefront = scopes["storefront: is_public"]
+    misspelt = [q for q in (misspell(q, rng) for q in pool.take(args.queries * 2)) if q][:args.queries]
+    vectors.add(misspelt)
+    for query in misspelt:  # the corrected queries' vectors, before anything is timed
+        new_search(storefront, vectors)(query)
+    times = rotated({"new": new_search(storefront, vectors), "old": old_search(storefront, True)},
+                    misspelt)
+    rows.append(Compared("storefront, one word misspelt", "vector given", times["new"], times["old"]))
+
+    # The API with facets off against the old API (which has none), and with them.
+    progress("old vs new: the API")
+    path = reverse("clip_search_api:search", kwargs={"version": "v1"})
+    queries = pool.take(args.queries)
+    vectors.add(queries)
+    no_facets = override_settings(CLIP_SEARCH_API={**settings.CLIP_SEARCH_API, "FACETS": {}})
+    with api_client() as client:
+        def new_api(facets_on: bool) -> Callable[[str], float]:
+            def run(query: str) -> float:
+                with scale.query_encoder(vectors):
+                    started = time.perf_counter()
+                    if facets_on:
+                        api_get(client, path, {"q": query})
+                    else:
+                        with no_facets:
                             api_get(client, path, {"q": query})
-                        else:
-                            with no_facets:
-                                api_get(client, path, {"q": query})
-                        return time.perf_counter() - started
-                return run
+                    return time.perf_counter() - started
+            return run
 
-            def old_api(query: str) -> float:
-                vector = [float(x) for x in vectors.encode_query(query)]
-                return old.ask(op="api", query=query, vector=vector)["seconds"]
+        def old_api(query: str) -> float:
+            vector = [float(x) for x in vectors.encode_query(query)]
+            return old.ask(op="api", query=query, vector=vector)["seconds"]
 
-            times = rotated({"new, FACETS = {}": new_api(False), "old": old_api,
-                             "new, facets": new_api(True)}, queries)
-        rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets off",
-                             times["new, FACETS = {}"], times["old"]))
-        rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets on",
-                             times["new, facets"], times["old"]))
-    finally:
-        old.close()
+        times = rotated({"new, FACETS = {}": new_api(False), "old": old_api,
+                         "new, facets": new_api(True)}, queries)
+    rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets off",
+                         times["new, FACETS = {}"], times["old"]))
+    rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets on",
+                         times["new, facets"], times["old"]))
 
     print(f"\nsearch(queryset, text=q) + the first page of {PAGE_SIZE}, ms; {args.queries} new queries per "
           "scope (5 % SKUs), the variants on each query in turn, rotated; the old code times itself in "
@@ -767,9 +775,11 @@ def explain(sql_text: str, params, settings_first: list[tuple[str, tuple]] = ())
     return total, "\n".join(lines)
 
 
-def profile(typed, pool: scale.QueryPool, vectors: Precomputed, rng: random.Random, verbose: bool) -> None:
+def profile(typed, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precomputed, rng: random.Random,
+            old: OldSearch | None, verbose: bool) -> None:
     """EXPLAIN ANALYZE of every statement a suggestion, a search's spelling check and a facet
-    count sends: server-side time per kind of statement, and the slowest plan of each."""
+    count sends, and of the fused statement of the new and the old code in each compared scope:
+    server-side time per kind of statement, and the slowest plan of each."""
     from clip_search import facets, lexicon
     from clip_search.api.facets import storefront_facets
     from clip_search.search import search
@@ -811,10 +821,23 @@ def profile(typed, pool: scale.QueryPool, vectors: Precomputed, rng: random.Rand
         with scale.query_encoder(vectors):
             keys = list(search(Product.objects.filter(is_public=True), text=query).search_info.hits)
         add("facets.count, 4 facets", recorded(lambda keys=keys: facets.count(Product, keys, declared, {})))
+    for name, scope in compared_scopes(catalog).items():
+        for query in queries[:20]:
+            with scale.query_encoder(vectors):
+                plan, text = scale.explain(Product.objects.filter(**scope), query, vectors)
+            measured.setdefault((f"fused statement: {name}", "the fused statement, new"), []).append(
+                (plan["Execution Time"], text, query))
+            if old is not None:
+                answer = old.ask(op="explain", query=query, filter=scope,
+                                 vector=[float(x) for x in vectors.encode_query(query)])
+                measured.setdefault((f"fused statement: {name}", "the fused statement, old"), []).append(
+                    (1000 * answer["seconds"], answer["plan"], query))
 
     print(f"\n## Where the time goes: EXPLAIN ANALYZE per statement, server-side ms ({load_line()})\n")
     print("Every statement of up to 25 distinct typed texts per kind, 30 storefront queries and 30 with a "
-          "word misspelt (their spelling check and fused statement), and the facet counts of 30 hit sets.\n")
+          "word misspelt (their spelling check and fused statement), the facet counts of 30 hit sets, and "
+          "the fused statement of the new and the old code on 20 queries per compared scope (the old "
+          "code's through its worker).\n")
     print("| what | statement | runs | p50 | p95 | max |\n|---|---|---:|---:|---:|---:|")
     for (source, kind), runs in measured.items():
         totals = sorted(t for t, _plan, _params in runs)
