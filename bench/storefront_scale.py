@@ -73,6 +73,9 @@ SUGGEST_KINDS = {
     "misspelt, still typing ('bakcp')": 0.05,
     "nonsense ('xqzvbl')": 0.03,
 }
+# Sleep before each timed call of the old-vs-new comparison: ONNX Runtime's worker threads spin
+# after a run, and on 2 cores the next call (here or in the other process) paid up to ~15 ms for it.
+GAP = 0.02
 SELECTED_BRAND = scale.COMMON_BRAND  # the facet selection of the "a brand selected" rows
 NO_THROTTLE = {"clip_search": "1000000/min", "clip_search_image": "1000000/min",
                "clip_search_suggest": "1000000/min"}
@@ -207,10 +210,12 @@ def api_get(client, path: str, params: dict) -> dict:
     return response.json()
 
 
-def rotated(variants: dict[str, Callable[[str], float]], texts: list[str], warm: int = 5
+def rotated(variants: dict[str, Callable[[str], float]], texts: list[str], warm: int = 5, gap: float = 0.0
             ) -> dict[str, list[float]]:
     """{variant: [seconds]}: every variant on each text in turn, the order rotated per text;
-    the first ``warm`` texts run once untimed first (connections, cold pages, first runs)."""
+    the first ``warm`` texts run once untimed first (connections, cold pages, first runs).
+    ``gap``: seconds of sleep before each call, so that what one call leaves running (ONNX
+    Runtime's spinning worker threads, in this process or the old code's) is over before the next."""
     names = list(variants)
     for text in texts[:warm]:
         for name in names:
@@ -219,6 +224,8 @@ def rotated(variants: dict[str, Callable[[str], float]], texts: list[str], warm:
     for i, text in enumerate(texts):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
+            if gap:
+                time.sleep(gap)
             times[name].append(variants[name](text))
     return times
 
@@ -635,8 +642,8 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
         queries = pool.take(args.queries)
         vectors.add(queries)
         variants = {"new, vector given": new_search(scope, vectors),
-                    "old, vector given": old_search(scope, True),
-                    "new + onnx int8 encode": new_search(scope, onnx_encoder),
+                    "old, vector given": old_search(scope, True)}
+        encoding = {"new + onnx int8 encode": new_search(scope, onnx_encoder),
                     "old + onnx int8 encode": old_search(scope, False)}
         if name.startswith("storefront"):  # what the new code's extra work costs, piece by piece
             variants.update({
@@ -646,7 +653,8 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
         progress(f"old vs new: {name}")
         for query in queries:  # untimed: a query the new code corrects gets its vector here
             variants["new, vector given"](query)
-        times = rotated(variants, queries)
+        times = rotated(variants, queries, gap=GAP)
+        times.update(rotated(encoding, queries, gap=GAP))  # apart: ONNX work slows whatever runs next
         for query in queries:
             new_page, old_page = set(last_new[query][0]), set(last_old[query][0])
             if name.startswith("storefront") and (new_page or old_page):
@@ -669,7 +677,7 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
     for query in misspelt:  # the corrected queries' vectors, before anything is timed
         new_search(storefront, vectors)(query)
     times = rotated({"new": new_search(storefront, vectors), "old": old_search(storefront, True)},
-                    misspelt)
+                    misspelt, gap=GAP)
     rows.append(Compared("storefront, one word misspelt", "vector given", times["new"], times["old"]))
 
     # The API with facets off against the old API (which has none), and with them.
@@ -696,15 +704,16 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
             return old.ask(op="api", query=query, vector=vector)["seconds"]
 
         times = rotated({"new, FACETS = {}": new_api(False), "old": old_api,
-                         "new, facets": new_api(True)}, queries)
+                         "new, facets": new_api(True)}, queries, gap=GAP)
     rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets off",
                          times["new, FACETS = {}"], times["old"]))
     rows.append(Compared("API GET /search/ (test client), storefront", "vector given, facets on",
                          times["new, facets"], times["old"]))
 
     print(f"\nsearch(queryset, text=q) + the first page of {PAGE_SIZE}, ms; {args.queries} new queries per "
-          "scope (5 % SKUs), the variants on each query in turn, rotated; the old code times itself in "
-          "its process. 'vector given': the query vector computed beforehand (database, query analysis "
+          "scope (5 % SKUs), the variants on each query in turn, rotated, 20 ms apart (the encoding "
+          "variants in a rotation of their own); the old code times itself in its process. "
+          "'vector given': the query vector computed beforehand (database, query analysis "
           "and ORM); '+ onnx int8 encode': the whole library call, each tree encoding the query with its "
           "ONNX int8 text encoder, uncached.\n")
     print(f"| scope | variant | new p50 | new p95 | old p50 | old p95 | new − old p95 | "
