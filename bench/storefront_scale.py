@@ -615,7 +615,7 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
     overlap: list[float] = []
     hits: dict[str, list[int]] = {"new": [], "old": []}
 
-    def new_search(scope: dict, encoder, **options) -> Callable[[str], float]:
+    def new_search(scope: dict, encoder, record: bool = False, **options) -> Callable[[str], float]:
         def run(query: str) -> float:
             with scale.query_encoder(encoder):
                 started = time.perf_counter()
@@ -623,7 +623,8 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
                 page = list(results.select_related("brand", "category")[:PAGE_SIZE])
                 elapsed = time.perf_counter() - started
             assert not results.search_info.degraded, results.search_info.degraded
-            last_new[query] = ([p.pk for p in page], len(results.search_info.hits))
+            if record:
+                last_new[query] = ([p.pk for p in page], len(results.search_info.hits))
             return elapsed
         return run
 
@@ -631,7 +632,8 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
         def run(query: str) -> float:
             answer = old.ask(op="search", query=query, filter=scope,
                              vector=[float(x) for x in vectors.encode_query(query)] if given else None)
-            last_old[query] = (answer["page"], answer["hits"])
+            if given:
+                last_old[query] = (answer["page"], answer["hits"])
             return answer["seconds"]
         return run
 
@@ -641,7 +643,7 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
     for name, scope in scopes.items():
         queries = pool.take(args.queries)
         vectors.add(queries)
-        variants = {"new, vector given": new_search(scope, vectors),
+        variants = {"new, vector given": new_search(scope, vectors, record=True),
                     "old, vector given": old_search(scope, True)}
         encoding = {"new + onnx int8 encode": new_search(scope, onnx_encoder),
                     "old + onnx int8 encode": old_search(scope, False)}
@@ -654,13 +656,13 @@ def compare(args, catalog: scale.Catalog, pool: scale.QueryPool, vectors: Precom
         for query in queries:  # untimed: a query the new code corrects gets its vector here
             variants["new, vector given"](query)
         times = rotated(variants, queries, gap=GAP)
-        times.update(rotated(encoding, queries, gap=GAP))  # apart: ONNX work slows whatever runs next
-        for query in queries:
+        for query in queries:  # each tree's first page and hits, vector given
             new_page, old_page = set(last_new[query][0]), set(last_old[query][0])
             if name.startswith("storefront") and (new_page or old_page):
                 overlap.append(len(new_page & old_page) / max(1, len(new_page | old_page)))
                 hits["new"].append(last_new[query][1])
                 hits["old"].append(last_old[query][1])
+        times.update(rotated(encoding, queries, gap=GAP))  # apart: ONNX work slows whatever runs next
         noise += times.pop("noise floor: fixed CPU work", [])
         rows.append(Compared(name, "vector given", times.pop("new, vector given"),
                              times.pop("old, vector given")))
