@@ -16,10 +16,12 @@ named ``test_clip_search_scale_<pid>`` so it never collides with a test run's ``
    unrelated centres at cosine ≈ 0.47, not the 0.83–0.99 of random weights; ``--raw-centres``
    keeps the random-weight spread) plus Gaussian noise (norm 0.3–0.5 per cluster), L2-normalised.
    The vectors are COPY'd (binary) into a staging table and inserted with the stored full-text
-   document, keywords and keyword tokens computed in SQL exactly as
-   ``indexing.document_fields`` builds them (checked on a sample). EncoderModel: ViT-B-32 with
-   random weights (``CLIP_SEARCH_MODEL=ViT-B-32``, ``CLIP_SEARCH_PRETRAINED=random``), active.
-   Then ``sql.ensure_vector_index`` is timed; index and table sizes are printed.
+   document, keywords, keyword tokens, words and suggestions computed in SQL exactly as
+   ``indexing.document_fields`` (and ``lexicon.row_fields``) builds them (checked on a sample).
+   EncoderModel: ViT-B-32 with random weights (``CLIP_SEARCH_MODEL=ViT-B-32``,
+   ``CLIP_SEARCH_PRETRAINED=random``), active. Then ``sql.ensure_vector_index`` is timed (index and
+   table sizes are printed), and, as ``clip_reindex`` does when it finishes, ``lexicon.refresh``
+   (timed; terms, suggestions, sizes) and the relevance calibration.
 2. Latency of the library call ``search(queryset, text=q)`` plus fetching the first page of 24
    products (what a view does), per scope (no filter, the storefront's ``is_public``, brand 10 %,
    brand 1 %, one category ≈ 9 % with queries about that category): each leg alone (the other
