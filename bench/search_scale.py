@@ -16,10 +16,12 @@ named ``test_clip_search_scale_<pid>`` so it never collides with a test run's ``
    unrelated centres at cosine ≈ 0.47, not the 0.83–0.99 of random weights; ``--raw-centres``
    keeps the random-weight spread) plus Gaussian noise (norm 0.3–0.5 per cluster), L2-normalised.
    The vectors are COPY'd (binary) into a staging table and inserted with the stored full-text
-   document, keywords and keyword tokens computed in SQL exactly as
-   ``indexing.document_fields`` builds them (checked on a sample). EncoderModel: ViT-B-32 with
-   random weights (``CLIP_SEARCH_MODEL=ViT-B-32``, ``CLIP_SEARCH_PRETRAINED=random``), active.
-   Then ``sql.ensure_vector_index`` is timed; index and table sizes are printed.
+   document, keywords, keyword tokens, words and suggestions computed in SQL exactly as
+   ``indexing.document_fields`` (and ``lexicon.row_fields``) builds them (checked on a sample).
+   EncoderModel: ViT-B-32 with random weights (``CLIP_SEARCH_MODEL=ViT-B-32``,
+   ``CLIP_SEARCH_PRETRAINED=random``), active. Then ``sql.ensure_vector_index`` is timed (index and
+   table sizes are printed), and, as ``clip_reindex`` does when it finishes, ``lexicon.refresh``
+   (timed; terms, suggestions, sizes) and the relevance calibration.
 2. Latency of the library call ``search(queryset, text=q)`` plus fetching the first page of 24
    products (what a view does), per scope (no filter, the storefront's ``is_public``, brand 10 %,
    brand 1 %, one category ≈ 9 % with queries about that category): each leg alone (the other
@@ -143,13 +145,23 @@ def main() -> None:
         probe_memory(args.probe_memory)
         return
     configure()
+    started = time.perf_counter()
+    print(f"# clip_search at catalog scale — {_util.machine()}; load average "
+          f"{os.getloadavg()[0]:.1f} at start (other processes share these cores)")
+    with bench_database(args):
+        run(args)
+    print(f"# wall time {time.perf_counter() - started:.0f} s")
+
+
+@contextmanager
+def bench_database(args: argparse.Namespace, prefix: str = "test_clip_search_scale"):
+    """The run's database: a new one named ``<prefix>_<pid>`` (dropped after the run unless
+    ``args.keep``), or ``args.reuse``; PostgreSQL's memory set to ``args.shared_buffers`` for the
+    run and reset after it. Django's connection points at it inside."""
     from django.conf import settings
     from django.db import connection
     from django.test.utils import setup_databases, teardown_databases
 
-    started = time.perf_counter()
-    print(f"# clip_search at catalog scale — {_util.machine()}; load average "
-          f"{os.getloadavg()[0]:.1f} at start (other processes share these cores)")
     memory, restore = server_memory(args.shared_buffers)
     connection.close()  # asked on the server's default database; the run uses its own
     print(f"# PostgreSQL: {memory}")
@@ -157,10 +169,10 @@ def main() -> None:
     if args.reuse:
         connection.settings_dict["NAME"] = settings.DATABASES["default"]["NAME"] = args.reuse
     else:
-        settings.DATABASES["default"]["TEST"]["NAME"] = f"test_clip_search_scale_{os.getpid()}"
+        settings.DATABASES["default"]["TEST"]["NAME"] = f"{prefix}_{os.getpid()}"
         databases = setup_databases(verbosity=0, interactive=False)
     try:
-        run(args)
+        yield
     finally:
         if restore:
             with connection.cursor() as cursor:
@@ -170,7 +182,6 @@ def main() -> None:
             teardown_databases(databases, verbosity=0)
         elif databases is not None:
             print(f"# kept database {name}: --reuse {name}; drop it with DROP DATABASE {name}")
-    print(f"# wall time {time.perf_counter() - started:.0f} s")
 
 
 # --------------------------------------------------------------------------- the run
@@ -193,6 +204,9 @@ def run(args: argparse.Namespace) -> None:
         encoder.refresh_from_db()
         progress("building the HNSW index")
         build_index(encoder, args.maintenance_work_mem)
+        progress("building the lexicon, calibrating")
+        build_lexicon(encoder)
+        calibrate(encoder)
     print(f"\nPostgreSQL cache: {prewarm()}")
     catalog = Catalog.read(encoder)
     print(f"\ncatalog: {catalog.size} products, {len(catalog.brands)} brands, "
@@ -365,15 +379,22 @@ def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = F
 # The stored document and keywords, as indexing.document_fields builds them for the demo's
 # registration: text=["title", "description", "category__name"] (weights A, B, C),
 # keywords=["sku", "brand__name"]; source_digest over (texts, keyword text): no image file.
+# The lexicon's columns as lexicon.row_fields builds them: ``words`` = the text and keyword
+# values joined by spaces (indexing.document_text), ``simple`` configuration, positions
+# stripped; ``suggestions`` = suggest={"title", "brand", "category"}, one value each.
 EMBEDDING_INSERT = """
 INSERT INTO clip_search_embedding (
     content_type_id, object_pk, object_id, encoder_id, status, error, attempts, stale, reembed,
-    search_document, keywords, keyword_tokens, source_digest, created_at, updated_at, embedded_at)
+    search_document, keywords, keyword_tokens, words, suggestions, source_digest,
+    created_at, updated_at, embedded_at)
 SELECT %(content_type)s, p.id::text, p.id, %(encoder)s, 'indexed', '', 0, false, false,
        setweight(to_tsvector(%(config)s::regconfig, p.title), 'A')
          || setweight(to_tsvector(%(config)s::regconfig, p.description), 'B')
          || setweight(to_tsvector(%(config)s::regconfig, c.name), 'C'),
        lower(p.sku || ' ' || b.name), ARRAY[lower(p.sku), lower(b.name)]::varchar[],
+       strip(to_tsvector('simple', concat_ws(' ', p.title, p.description, c.name, p.sku, b.name))),
+       jsonb_build_object('title', jsonb_build_array(p.title), 'brand', jsonb_build_array(b.name),
+                          'category', jsonb_build_array(c.name)),
        encode(sha256(convert_to(concat_ws(E'\\x1f', p.title, p.description, c.name,
                                           p.sku || ' ' || b.name), 'UTF8')), 'hex'),
        now(), now(), now()
@@ -408,10 +429,13 @@ def check_documents(encoder, sample: int = 20) -> None:
     for product in products:
         expected = document_fields(registration, product)
         row = (Embedding.objects.filter(object_pk=str(product.pk), encoder=encoder)
-               .annotate(expected_document=expected["search_document"]).get())
+               .annotate(expected_document=expected["search_document"], expected_words=expected["words"])
+               .get())
         assert row.search_document == row.expected_document, (row.search_document, row.expected_document)
-        assert (row.keywords, row.keyword_tokens, row.source_digest) == (
-            expected["keywords"], expected["keyword_tokens"], registration.source_digest(product)), product.pk
+        assert row.words == row.expected_words, (row.words, row.expected_words)
+        assert (row.keywords, row.keyword_tokens, row.suggestions, row.source_digest) == (
+            expected["keywords"], expected["keyword_tokens"], expected["suggestions"],
+            registration.source_digest(product)), product.pk
 
 
 @dataclass
@@ -583,12 +607,15 @@ def prewarm() -> str:
             SELECT count(*), coalesce(sum(pg_prewarm(c.oid)), 0) FROM pg_class c
             WHERE c.relkind IN ('r', 't', 'i') AND (
                 c.relname IN ('clip_search_embedding', 'clip_search_imageembedding', 'catalog_product',
-                              'catalog_brand', 'catalog_category')
+                              'catalog_brand', 'catalog_category', 'clip_search_term',
+                              'clip_search_suggestion')
                 OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (
                     'clip_search_embedding'::regclass, 'clip_search_imageembedding'::regclass,
-                    'catalog_product'::regclass))
+                    'catalog_product'::regclass, 'clip_search_term'::regclass,
+                    'clip_search_suggestion'::regclass))
                 OR c.oid IN (SELECT reltoastrelid FROM pg_class
-                             WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))
+                             WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding',
+                                               'clip_search_suggestion'))
                 OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN
                     (SELECT reltoastrelid FROM pg_class
                      WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))))""")
@@ -668,6 +695,63 @@ def build_index(encoder, maintenance_work_mem: str) -> None:
     print(f"| clip_search_imageembedding heap | table | {heap / 2**20:.1f} |")
     print(f"| clip_search_imageembedding TOAST (vectors are > 2 kB) | toast | {toast / 2**20:.1f} |")
     print(f"| clip_search_imageembedding total | | {total / 2**20:.1f} |")
+
+
+LEXICON_TABLES = ("clip_search_term", "clip_search_suggestion")
+
+
+def build_lexicon(encoder) -> dict:
+    """``lexicon.refresh`` of the demo registration, timed (what ``clip_reindex`` does when it
+    finishes), then VACUUM ANALYZE of its tables; prints the counts and sizes. The loader
+    stored every row's words and suggestions, so nothing is read from the shop's tables
+    (``filled`` must be 0)."""
+    from django.db import connection
+
+    from clip_search import lexicon
+    from clip_search.registry import registry
+    from shop_demo.catalog.models import Product
+
+    started = time.perf_counter()
+    built = lexicon.refresh(registry.get(Product), encoder)
+    elapsed = time.perf_counter() - started
+    assert built.filled == 0, f"{built.filled} rows had no stored words: the loader must fill them"
+    with connection.cursor() as cursor:
+        for table in LEXICON_TABLES:
+            cursor.execute(f"VACUUM ANALYZE {table}")
+        cursor.execute("""
+            SELECT c.relname, CASE c.relkind WHEN 'i' THEN am.amname ELSE 'table' END,
+                   pg_relation_size(c.oid), coalesce(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0)
+            FROM pg_class c LEFT JOIN pg_am am ON am.oid = c.relam
+            WHERE c.relname = ANY(%s)
+               OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = ANY(%s::regclass[]))
+            ORDER BY c.relkind DESC, c.relname""", [list(LEXICON_TABLES), list(LEXICON_TABLES)])
+        sizes = cursor.fetchall()
+        cursor.execute("SELECT count(*), sum(pg_column_size(words)), sum(pg_column_size(suggestions)) "
+                       "FROM clip_search_embedding WHERE encoder_id = %s", [encoder.pk])
+        rows, words_bytes, suggestions_bytes = cursor.fetchone()
+    print("\n## Lexicon: `lexicon.refresh` (vocabulary + suggestions from the rows' stored words)\n")
+    print(f"{elapsed:.1f} s for {rows} rows: {built.words} terms (clip_search_term), "
+          f"{built.suggestions} suggestions (clip_search_suggestion), {built.filled} rows filled from "
+          "the shop's tables\n")
+    print("| relation | kind | MB | TOAST MB |\n|---|---|---:|---:|")
+    for name, kind, size, toast in sizes:
+        print(f"| {name} | {kind} | {size / 2**20:.1f} | {toast / 2**20:.1f} |")
+    for column, size in (("words", words_bytes), ("suggestions", suggestions_bytes)):
+        print(f"| clip_search_embedding.{column} (stored per row) | column | {size / 2**20:.1f} | |")
+    return {"seconds": elapsed, "terms": built.words, "suggestions": built.suggestions}
+
+
+def calibrate(encoder) -> None:
+    """The relevance floor and window (``calibration.calibrate``, as ``clip_reindex`` does when it
+    finishes): the new search drops vector hits by them, so a loaded catalog gets them too."""
+    from clip_search import calibration
+
+    started = time.perf_counter()
+    measured = calibration.calibrate(encoder)
+    window = "none" if measured.window is None else f"{measured.window:.3f}"
+    print(f"\nrelevance calibration: {time.perf_counter() - started:.1f} s, noise floor "
+          f"{measured.noise_floor:.3f}, window {window} ({measured.noise_queries} made-up words, "
+          f"{measured.title_queries} titles)")
 
 
 # --------------------------------------------------------------------------- text encoders
@@ -1035,7 +1119,7 @@ from shop_demo.settings import *  # noqa: F403
 
 # One client IP sends hundreds of queries a minute: lift the storefront throttle for the bench.
 REST_FRAMEWORK = {{**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {{
-    "clip_search": "1000000/min", "clip_search_image": "1000000/min"}}}}
+    "clip_search": "1000000/min", "clip_search_image": "1000000/min", "clip_search_suggest": "1000000/min"}}}}
 CLIP_SEARCH = {{**CLIP_SEARCH, "TEXT_ENCODER": {text_encoder!r}}}
 # The demo closes connections after each request because runserver starts a thread per request;
 # a production server's worker threads are long-lived and keep theirs.
