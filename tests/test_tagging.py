@@ -1,0 +1,325 @@
+"""Zero-shot product tagging on the demo catalog, with the project's trained model, on real PostgreSQL:
+accuracy against the generator's truth, suggestions and staff decisions, what accepted tags feed
+(the full-text leg, facets), the admin, the API and ``clip_tag``."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from clip_search import lexicon, tagging
+from clip_search.indexing import active_encoder, embed_objects
+from clip_search.models import Embedding, ProductTag
+from clip_search.registry import registry
+from clip_search.search import search
+from clip_search.tagging.suggest import product_vectors
+from shop_demo.catalog.generator import CATEGORIES, COLOURS, generate_catalog
+from shop_demo.catalog.models import Product
+from tests.catalog import embedded_catalog
+
+CATALOG_SIZE = 500
+Status = ProductTag.Status
+
+# What a shop would write: its colours and its categories, with prompts of its own choosing.
+TAGGING = {
+    "SETS": {
+        "colour": {"LABELS": list(COLOURS), "PROMPTS": ["a photo of a {} product", "a {} product",
+                                                        "a product in {}"]},
+        "category": {"LABELS": list(CATEGORIES)},  # the default prompts: "a photo of a {}", ...
+    },
+    "MIN_CONFIDENCE": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
+    """500 drawn products, embedded once for the module (committed, then deleted)."""
+    specs = generate_catalog(CATALOG_SIZE, seed=1905)
+    with embedded_catalog(specs, tmp_path_factory.mktemp("media"), django_db_blocker) as rows:
+        yield rows
+
+
+@pytest.fixture
+def tag_settings(settings):
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": TAGGING}
+    return settings
+
+
+@pytest.fixture
+def registration():
+    return registry.get(Product)
+
+
+def tags_of(product, **filters) -> dict[tuple[str, str], ProductTag]:
+    content_type = ContentType.objects.get_for_model(Product)
+    return {(tag.label_set, tag.label): tag for tag in ProductTag.objects.filter(
+        content_type=content_type, object_pk=str(product.pk), **filters)}
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_top1_accuracy_against_the_generators_truth(catalog, db, tag_settings, registration, capsys):
+    """Every product of the catalog tagged through ``tag_catalog``; the best label of each set
+    compared with what the generator drew. Chance is 1/10 (colours) and 1/11 (categories)."""
+    encoder = active_encoder()
+    tagged = tagging.tag_catalog(registration, encoder, batch_size=128)
+    assert tagged.products == CATALOG_SIZE and tagged.without_vectors == 0
+    truth = {str(product.pk): spec for spec, product in catalog}
+    content_type = ContentType.objects.get_for_model(Product)
+    vectors = product_vectors(content_type, encoder, list(truth))
+    sets = tagging.label_sets()
+    scored = tagging.Tagger(encoder, sets).score(np.vstack(list(vectors.values())))
+    one_prompt_sets = [dataclasses.replace(label_set, prompts=label_set.prompts[:1]) for label_set in sets]
+    single = tagging.Tagger(encoder, one_prompt_sets).score(np.vstack(list(vectors.values())))
+    lines = []
+    for label_set, attribute in (("colour", "colour"), ("category", "category")):
+        expected = [getattr(truth[key], attribute) for key in vectors]
+        def accuracy(rows, expected=expected, label_set=label_set):
+            return np.mean([row[label_set][0][0] == want for row, want in zip(rows, expected, strict=True)])
+
+        top1, one_prompt = accuracy(scored), accuracy(single)
+        stored = ProductTag.objects.filter(content_type=content_type, label_set=label_set,
+                                           status=Status.SUGGESTED)
+        right = sum(tag.label == getattr(truth[tag.object_pk], attribute) for tag in stored)
+        # With MIN_CONFIDENCE 0.5 (a softmax), at most one suggestion per product and set.
+        assert stored.count() == len({tag.object_pk for tag in stored})
+        lines.append(f"{label_set}: top-1 {top1:.3f} ({one_prompt:.3f} with one prompt); suggested for "
+                     f"{stored.count() / len(vectors):.0%} of products at MIN_CONFIDENCE 0.5, "
+                     f"{right / max(stored.count(), 1):.3f} of them right")
+        assert top1 >= {"colour": 0.9, "category": 0.6}[label_set], lines[-1]
+        assert right / stored.count() >= top1  # the threshold keeps the surer half
+    with capsys.disabled():
+        print(f"\nZero-shot tagging, {len(vectors)} demo products (seed 1905), the demo model:\n  "
+              + "\n  ".join(lines))
+
+
+# --------------------------------------------------------------------------- suggestions and decisions
+
+
+def indexed(catalog):
+    keys = set(Embedding.objects.filter(status=Embedding.Status.INDEXED).values_list("object_pk", flat=True))
+    return [(spec, product) for spec, product in catalog if str(product.pk) in keys]
+
+
+def test_suggestions_carry_confidences_and_staff_decisions_outlive_new_ones(catalog, db, tag_settings,
+                                                                          registration, settings):
+    spec, product = indexed(catalog)[0]
+    tagged = tagging.suggest(registration, [product.pk])
+    assert (tagged.products, tagged.suggested) == (1, 2)
+    tags = tags_of(product)
+    assert set(tags) == {("colour", spec.colour), ("category", spec.category)}
+    assert all(tag.status == Status.SUGGESTED and 0.5 <= tag.confidence <= 1 for tag in tags.values())
+    assert {tag.encoder for tag in tags.values()} == {active_encoder()}
+    colour, category = tags[("colour", spec.colour)], tags[("category", spec.category)]
+    staff = get_user_model().objects.create_user("tagger", is_staff=True)
+    assert tagging.accept([colour], user=staff) == 1 and tagging.reject([category], user=staff) == 1
+    assert tagging.accept([colour], user=staff) == 0  # already accepted: left as it was decided
+    ProductTag.objects.filter(pk=colour.pk).update(confidence=0.61)
+
+    # Scored again: the decisions stand, the rejected label is not suggested anew.
+    tagging.suggest(registration, [product.pk])
+    tags = tags_of(product)
+    assert set(tags) == {("colour", spec.colour), ("category", spec.category)}
+    assert tags[("colour", spec.colour)].status == Status.ACCEPTED
+    assert tags[("colour", spec.colour)].confidence == 0.61  # what it was accepted on
+    assert tags[("category", spec.category)].status == Status.REJECTED
+    assert tags[("colour", spec.colour)].decided_by == staff and tags[("colour", spec.colour)].decided_at
+
+    # Suggestions the model no longer makes are withdrawn; decisions are not.
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {**TAGGING, "MIN_CONFIDENCE": 1.0}}
+    other_spec, other = indexed(catalog)[1]
+    tagging.suggest(registration, [other.pk], sets=["colour"])
+    assert not tags_of(other)
+    assert tagging.suggest(registration, [product.pk]).withdrawn == 0
+    assert set(tags_of(product)) == {("colour", spec.colour), ("category", spec.category)}
+
+
+def test_a_product_without_an_image_vector_gets_no_tags(catalog, db, tag_settings, registration):
+    spec, product = indexed(catalog)[2]
+    Embedding.objects.filter(object_pk=str(product.pk)).delete()
+    tagged = tagging.suggest(registration, [product.pk])
+    assert (tagged.products, tagged.without_vectors, tagged.suggested) == (0, 1, 0)
+    assert not tags_of(product)
+
+
+def shop_categories():
+    """Labels kept in the shop's own table (LABELS names this function)."""
+    from shop_demo.catalog.models import Category
+
+    return Category.objects.order_by("slug").values_list("slug", flat=True)
+
+
+def test_words_per_label_and_labels_from_the_shops_tables(catalog, db, settings, registration):
+    """LABELS as a dict (the shop's label, the words that fill the prompts) or from a callable."""
+    spec, product = next((s, p) for s, p in indexed(catalog) if s.category == "t-shirt")
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {"SETS": {
+        "department": {"LABELS": {"Tops": ["t-shirt", "tee"], "Kitchen": ["mug", "cup"],
+                                  "Seating": ["chair"]}},
+        "kind": {"LABELS": "tests.test_tagging.shop_categories"},
+    }}}
+    tagging.suggest(registration, [product.pk])
+    tags = tags_of(product)
+    assert ("department", "Tops") in tags and ("kind", "t-shirt") in tags
+    assert tagging.label_sets(["kind"])[0].labels == tuple(sorted(CATEGORIES))
+
+
+# --------------------------------------------------------------------------- what accepted tags feed
+
+
+def searched(text: str) -> list[int]:
+    """The full-text leg alone: what the stored documents say."""
+    return [hit.pk for hit in search(Product.objects.all(), text=text, weights={"vector": 0, "keyword": 0})]
+
+
+def test_accepted_tags_join_the_full_text_document_and_the_vocabulary(catalog, db, settings, registration):
+    """A word no product's text has: found once staff accepted it as a tag, and only then."""
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {
+        "SETS": {"pattern": {"LABELS": ["paisley", "houndstooth"]}}, "DOCUMENT_WEIGHT": "B"}}
+    spec, product = indexed(catalog)[3]
+    tagging.suggest(registration, [product.pk])
+    (tag,) = tags_of(product).values()  # a softmax over two labels: one of them is over 0.5
+    assert searched(tag.label) == []  # a suggestion is not searchable
+
+    tagging.accept([tag])
+    row = Embedding.objects.get(object_pk=str(product.pk))
+    assert tag.label in str(Embedding.objects.filter(pk=row.pk).values_list("search_document", flat=True)[0])
+    lexicon.refresh(registration)  # the sweep's job once rows changed
+    results = search(Product.objects.all(), text=tag.label, weights={"vector": 0, "keyword": 0})
+    assert [hit.pk for hit in results] == [product.pk]
+    assert results.search_info.corrected_query is None  # a catalog word now: never "corrected"
+    # The worker's next write of the row keeps it (document_fields reads the accepted tags).
+    embed_objects(registration, registration.fetch([product.pk]), active_encoder(), force=True)
+    assert searched(tag.label) == [product.pk]
+
+    tagging.reject([tag])
+    assert searched(tag.label) == []
+
+
+def test_no_document_weight_keeps_tags_out_of_search(catalog, db, settings, registration):
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {
+        "SETS": {"pattern": {"LABELS": ["paisley", "houndstooth"]}}, "DOCUMENT_WEIGHT": None}}
+    spec, product = indexed(catalog)[3]
+    tagging.suggest(registration, [product.pk])
+    tagging.accept(tags_of(product).values())
+    assert searched("paisley") == searched("houndstooth") == []
+
+
+def test_a_facet_over_accepted_tags_counts_and_filters_in_the_api(catalog, db, tag_settings, registration,
+                                                                  settings):
+    settings.CLIP_SEARCH_API = {**settings.CLIP_SEARCH_API, "FACETS": {
+        **settings.CLIP_SEARCH_API["FACETS"], "colour": {"tags": "colour", "title": "Colour"}}}
+    mugs = [(spec, product) for spec, product in indexed(catalog)
+            if spec.category == "mug" and spec.is_public]
+    tagging.suggest(registration, [product.pk for _, product in mugs])
+    accepted = mugs[:6]
+    tagging.accept(ProductTag.objects.filter(label_set="colour",
+                                             object_pk__in=[str(p.pk) for _, p in accepted]))
+    expected: dict[str, set[int]] = {}
+    for spec, product in accepted:  # the demo model's colours are right (accuracy test)
+        expected.setdefault(spec.colour, set()).add(product.pk)
+
+    api = APIClient()
+    url = reverse("clip_search_api:search", kwargs={"version": "v1"})
+    body = api.get(url, {"q": "mug", "limit": 100}).json()
+    (colour,) = [facet for facet in body["facets"] if facet["name"] == "colour"]
+    assert colour["kind"] == "terms" and colour["title"] == "Colour"
+    hits = {result["id"] for result in body["results"]}
+    counted = {value["value"]: value["count"] for value in colour["values"]}
+    assert counted and counted == {name: len(pks & hits) for name, pks in expected.items() if pks & hits}
+
+    name, pks = max(expected.items(), key=lambda item: len(item[1] & hits))
+    narrowed = api.get(url, {"q": "mug", "colour": name, "limit": 100}).json()
+    assert {result["id"] for result in narrowed["results"]} == pks & hits != set()
+    (colour,) = [facet for facet in narrowed["facets"] if facet["name"] == "colour"]
+    assert {value["value"]: value["selected"] for value in colour["values"]}[name] is True
+
+
+def test_a_tag_facet_names_a_configured_set(tag_settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from clip_search.facets import declared
+
+    with pytest.raises(ImproperlyConfigured, match="no label set 'material'"):
+        declared(Product, {"material": {"tags": "material"}})
+    with pytest.raises(ImproperlyConfigured, match="unknown option"):
+        declared(Product, {"colour": {"tags": "colour", "field": "price"}})
+
+
+# --------------------------------------------------------------------------- lifecycle and settings
+
+
+def test_deleting_a_product_deletes_its_tags(catalog, db, tag_settings, registration):
+    spec, product = indexed(catalog)[4]
+    tagging.suggest(registration, [product.pk])
+    assert tags_of(product)
+    Product.objects.filter(pk=product.pk).delete()
+    assert not tags_of(product)
+
+
+@pytest.mark.parametrize("after_embed", [True, False])
+def test_the_embed_task_suggests_tags_when_asked(catalog, db, settings, after_embed):
+    from clip_search.tasks import embed_batch
+
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {**TAGGING, "AFTER_EMBED": after_embed}}
+    spec, product = indexed(catalog)[5]
+    embed_batch.apply(args=("catalog.product", [str(product.pk)], None, True)).get()
+    tags = tags_of(product)
+    assert ({label_set for label_set, _label in tags}, ("colour", spec.colour) in tags) == (
+        ({"colour", "category"}, True) if after_embed else (set(), False))
+
+
+def test_clip_tag_tags_the_catalog_and_resumes_with_missing(catalog, db, tag_settings):
+    out = io.StringIO()
+    call_command("clip_tag", "--sets", "colour", "--batch-size", "200", stdout=out, stderr=io.StringIO())
+    assert f"catalog.product: {CATALOG_SIZE} scored, {CATALOG_SIZE} suggestions stored" in out.getvalue()
+    assert ProductTag.objects.filter(label_set="colour").count() == CATALOG_SIZE
+    assert not ProductTag.objects.filter(label_set="category").exists()
+    # A killed run resumes: --missing scores only the products without a tag from this encoder ...
+    ProductTag.objects.filter(object_pk__in=[str(p.pk) for _, p in catalog[:7]]).delete()
+    out = io.StringIO()
+    call_command("clip_tag", "--missing", "--sets", "colour", stdout=out, stderr=io.StringIO())
+    assert "catalog.product: 7 scored, 7 suggestions stored" in out.getvalue()
+    # ... in each set: one added since is missing everywhere.
+    out = io.StringIO()
+    call_command("clip_tag", "--missing", stdout=out, stderr=io.StringIO())
+    assert f"catalog.product: {CATALOG_SIZE} scored" in out.getvalue()
+    with pytest.raises(CommandError, match="no set 'material'"):
+        call_command("clip_tag", "--sets", "material", stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(("tagging_settings", "message"), [
+    ({"SETS": {"colour": {"LABELS": []}}}, r"\['colour'\]\['LABELS'\] needs labels"),
+    ({"SETS": {"colour": {"LABELS": ["red", "red"]}}}, "names a label twice"),
+    ({"SETS": {"colour": {"LABELS": {"red": []}}}}, "maps each label to a non-empty list"),
+    ({"SETS": {"colour": ["red"]}}, "must be a dict with LABELS"),
+    ({"SETS": {"colour": {"LABELS": ["red"], "PROMPTS": ["a red photo"]}}}, r"\['PROMPTS'\] must be"),
+    ({"SETS": {"colour": {"LABELS": ["red"], "MIN_CONFIDENCE": 2}}}, r"\['MIN_CONFIDENCE'\] must be in 0..1"),
+    ({"PROMPTS": ["{} and {}"]}, r"\['TAGGING'\]\['PROMPTS'\] must be"),
+    ({"DOCUMENT_WEIGHT": "E"}, "DOCUMENT_WEIGHT"),
+    ({"SETZ": {}}, "unknown setting 'SETZ'"),
+])
+def test_bad_tagging_settings_are_named(settings, tagging_settings, message):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from clip_search.conf import clip_settings
+
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": tagging_settings}
+    with pytest.raises(ImproperlyConfigured, match=message):
+        clip_settings.TAGGING  # noqa: B018 - reading validates
+
+
+def test_a_labels_callable_that_cannot_be_imported_is_named(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {"SETS": {"kind": {"LABELS": "shop.nowhere"}}}}
+    with pytest.raises(ImproperlyConfigured, match=r"\['kind'\]\['LABELS'\]: No module named 'shop'"):
+        tagging.label_sets()
