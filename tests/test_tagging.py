@@ -10,8 +10,11 @@ import io
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -323,3 +326,97 @@ def test_a_labels_callable_that_cannot_be_imported_is_named(settings):
     settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {"SETS": {"kind": {"LABELS": "shop.nowhere"}}}}
     with pytest.raises(ImproperlyConfigured, match=r"\['kind'\]\['LABELS'\]: No module named 'shop'"):
         tagging.label_sets()
+
+
+# --------------------------------------------------------------------------- admin
+
+CHANGELIST = "admin:catalog_product_changelist"
+TAG_CHANGELIST = "admin:clip_search_producttag_changelist"
+
+
+@pytest.fixture
+def staff_client(client, db):
+    client.force_login(get_user_model().objects.create_superuser("staff", "staff@example.com", "pw"))
+    return client
+
+
+def suggest_action(client, products):
+    return client.post(reverse(CHANGELIST), {"action": "clip_suggest_tags",
+                                             "_selected_action": [p.pk for p in products]}, follow=True)
+
+
+def test_suggest_tags_action_and_the_tags_column(catalog, staff_client, tag_settings):
+    products = [product for _, product in indexed(catalog)[:30]]
+    response = suggest_action(staff_client, products)
+    suggested = ProductTag.objects.count()  # a colour for each, a category for most (MIN_CONFIDENCE)
+    assert 50 < suggested <= 60
+    assert (f"{suggested} tags suggested for 30 products (0 earlier suggestions withdrawn)"
+            in response.content.decode())
+    tagging.accept(ProductTag.objects.filter(object_pk=str(products[0].pk), label_set="colour"))
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(reverse(CHANGELIST), {"id__in": ",".join(str(p.pk) for p in products)})
+    assert len(response.context["cl"].result_list) == 30
+    assert len(queries) < 16, [q["sql"][:120] for q in queries]  # not a query per row
+    html = response.content.decode()
+    assert html.count('class="clip-tag clip-tag-suggested"') == suggested - 1
+    assert html.count('class="clip-tag clip-tag-accepted"') == 1
+    spec = next(spec for spec, product in catalog if product == products[0])
+    assert 'class="clip-tag clip-tag-accepted" title="accepted, confidence ' in html
+    assert f">colour: {spec.colour}</span>" in html
+    content_type = ContentType.objects.get_for_model(Product)
+    assert f'{reverse(TAG_CHANGELIST)}?content_type={content_type.pk}&amp;object_pk={products[0].pk}' in html
+
+
+def test_the_tag_admin_accepts_and_rejects_in_bulk_and_records_who(catalog, staff_client, tag_settings,
+                                                                   registration):
+    products = [product for _, product in indexed(catalog)[:3]]
+    tagging.suggest(registration, [p.pk for p in products])
+    content_type = ContentType.objects.get_for_model(Product)
+    listed = staff_client.get(reverse(TAG_CHANGELIST), {"content_type": content_type.pk,
+                                                        "object_pk": products[0].pk})
+    assert {tag.object_pk for tag in listed.context["cl"].result_list} == {str(products[0].pk)}
+    assert f'src="{products[0].image.url}"' in listed.content.decode()
+
+    colours = ProductTag.objects.filter(label_set="colour", object_pk__in=[str(p.pk) for p in products])
+    response = staff_client.post(reverse(TAG_CHANGELIST), {
+        "action": "accept_selected", "_selected_action": [tag.pk for tag in colours]}, follow=True)
+    assert "3 tags accepted." in response.content.decode()
+    response = staff_client.post(reverse(TAG_CHANGELIST), {
+        "action": "accept_selected", "_selected_action": [tag.pk for tag in colours]}, follow=True)
+    assert "3 selected tags were already accepted" in response.content.decode()
+    assert {(tag.status, tag.decided_by.username) for tag in colours.all()} == {(Status.ACCEPTED, "staff")}
+
+    category = ProductTag.objects.get(label_set="category", object_pk=str(products[1].pk))
+    change = reverse("admin:clip_search_producttag_change", args=[category.pk])
+    assert staff_client.post(change, {"decision": "reject"}).status_code == 302
+    category.refresh_from_db()
+    assert category.status == Status.REJECTED and category.decided_by_name == "staff"
+
+
+def test_tag_decisions_and_suggestions_need_the_tag_permission(catalog, db, client, tag_settings,
+                                                                registration):
+    _, product = indexed(catalog)[0]
+    tagging.suggest(registration, [product.pk])
+    tag = ProductTag.objects.filter(object_pk=str(product.pk)).first()
+    user = get_user_model().objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_product", "change_product",
+                                                                       "view_producttag"]))
+    client.force_login(user)
+    action_form = client.get(reverse(CHANGELIST)).context["action_form"]
+    assert "clip_suggest_tags" not in dict(action_form.fields["action"].choices)
+    ProductTag.objects.all().delete()
+    suggest_action(client, [product])
+    assert not ProductTag.objects.exists()
+
+    tagging.suggest(registration, [product.pk])
+    tag = ProductTag.objects.filter(object_pk=str(product.pk)).first()
+    assert client.get(reverse(TAG_CHANGELIST)).status_code == 200  # may look ...
+    response = client.post(reverse(TAG_CHANGELIST), {"action": "accept_selected",
+                                                     "_selected_action": [tag.pk]})
+    assert response.status_code == 200  # ... the list again: no such action for them
+    tag.refresh_from_db()
+    assert tag.status == Status.SUGGESTED
+    user.user_permissions.add(Permission.objects.get(codename="change_producttag"))
+    client.force_login(get_user_model().objects.get(pk=user.pk))
+    action_form = client.get(reverse(CHANGELIST)).context["action_form"]
+    assert "clip_suggest_tags" in dict(action_form.fields["action"].choices)
