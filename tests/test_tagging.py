@@ -420,3 +420,87 @@ def test_tag_decisions_and_suggestions_need_the_tag_permission(catalog, db, clie
     client.force_login(get_user_model().objects.get(pk=user.pk))
     action_form = client.get(reverse(CHANGELIST)).context["action_form"]
     assert "clip_suggest_tags" in dict(action_form.fields["action"].choices)
+
+
+# --------------------------------------------------------------------------- REST API
+
+
+def api_url(name: str, **kwargs) -> str:
+    return reverse(f"clip_search_api:{name}", kwargs={"version": "v1", **kwargs})
+
+
+def user_with(name: str, *codenames: str):
+    user = get_user_model().objects.create_user(name, is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return get_user_model().objects.get(pk=user.pk)  # no stale permission cache
+
+
+def test_the_api_lists_suggests_and_decides_a_products_tags(catalog, db, tag_settings):
+    spec, product = indexed(catalog)[6]
+    api = APIClient()
+    api.force_authenticate(user_with("tagger", "change_producttag"))
+    assert api.get(api_url("product-tags", product_id=product.pk)).json() == {"product": str(product.pk),
+                                                                              "tags": []}
+    response = api.post(api_url("product-tags-suggest", product_id=product.pk))
+    assert response.status_code == 200, response.content
+    tags = response.json()["tags"]
+    assert {tag["set"] for tag in tags} == {"colour", "category"}
+    colour = next(tag for tag in tags if tag["set"] == "colour")
+    assert colour["label"] == spec.colour and colour["status"] == "suggested" and colour["confidence"] >= 0.5
+    assert colour["decided_by"] == "" and colour["encoder"] == active_encoder().pk
+
+    response = api.post(api_url("tag-accept", tag_id=colour["id"]))
+    assert response.status_code == 200, response.content
+    assert (response.json()["status"], response.json()["decided_by"]) == ("accepted", "tagger")
+    category = next(tag for tag in tags if tag["set"] == "category")
+    assert api.post(api_url("tag-reject", tag_id=category["id"])).json()["status"] == "rejected"
+    listed = api.get(api_url("product-tags", product_id=product.pk), {"status": "accepted"}).json()
+    assert [tag["id"] for tag in listed["tags"]] == [colour["id"]]
+    assert [tag["set"] for tag in api.get(api_url("product-tags", product_id=product.pk),
+                                          {"set": "category"}).json()["tags"]] == ["category"]
+
+
+def test_the_tag_api_answers_missing_things_and_refuses_without_the_permissions(catalog, db, tag_settings,
+                                                                                registration):
+    from tests.test_api import assert_error
+
+    spec, product = indexed(catalog)[7]
+    tagging.suggest(registration, [product.pk])
+    tag = ProductTag.objects.filter(object_pk=str(product.pk)).first()
+    api = APIClient()
+    assert api.get(api_url("product-tags", product_id=product.pk)).status_code in (401, 403)
+    api.force_authenticate(user_with("clerk"))  # staff, no permission at all
+    error = assert_error(api.get(api_url("product-tags", product_id=product.pk)), 403, "permission_denied")
+    assert error["message"] == "You do not have permission to see product tags."
+    api.force_authenticate(user_with("auditor", "view_producttag"))
+    assert api.get(api_url("product-tags", product_id=product.pk)).status_code == 200
+    for name, kwargs in (("product-tags-suggest", {"product_id": product.pk}),
+                         ("tag-accept", {"tag_id": tag.pk}), ("tag-reject", {"tag_id": tag.pk})):
+        error = assert_error(api.post(api_url(name, **kwargs)), 403, "permission_denied")
+        assert error["message"] == "You do not have permission to suggest, accept or reject product tags."
+    tag.refresh_from_db()
+    assert tag.status == Status.SUGGESTED
+
+    api.force_authenticate(user_with("tagger", "change_producttag"))
+    assert_error(api.get(api_url("product-tags", product_id="123456789")), 404, "not_found")
+    assert_error(api.get(api_url("product-tags", product_id="not-a-pk")), 404, "not_found")
+    assert_error(api.post(api_url("tag-accept", tag_id=123456789)), 404, "not_found")
+    assert_error(api.get(api_url("product-tags", product_id=product.pk), {"status": "maybe"}), 400, "invalid")
+    Embedding.objects.filter(object_pk=str(product.pk)).delete()  # no vector to score
+    assert_error(api.post(api_url("product-tags-suggest", product_id=product.pk)), 409, "not_indexed")
+
+
+def test_the_tag_endpoints_are_in_the_schema(db):
+    document = APIClient().get(api_url("schema"), {"format": "json"}).json()
+    operations = {operation["operationId"]: (path, method, operation)
+                  for path, methods in document["paths"].items() for method, operation in methods.items()}
+    assert {name: operations[name][:2] for name in ("products_tags", "products_tags_suggest", "tags_accept",
+                                                    "tags_reject")} == {
+        "products_tags": ("/api/v1/products/{product_id}/tags/", "get"),
+        "products_tags_suggest": ("/api/v1/products/{product_id}/tags/suggest/", "post"),
+        "tags_accept": ("/api/v1/tags/{tag_id}/accept/", "post"),
+        "tags_reject": ("/api/v1/tags/{tag_id}/reject/", "post")}
+    listing = operations["products_tags"][2]
+    assert {p["name"] for p in listing["parameters"]} == {"product_id", "status", "set"}
+    assert set(listing["responses"]) >= {"200", "401", "403", "404"}
+    assert "409" in operations["products_tags_suggest"][2]["responses"]
