@@ -83,6 +83,8 @@ def test_top1_accuracy_against_the_generators_truth(catalog, db, tag_settings, r
     scored = tagging.Tagger(encoder, sets).score(np.vstack(list(vectors.values())))
     one_prompt_sets = [dataclasses.replace(label_set, prompts=label_set.prompts[:1]) for label_set in sets]
     single = tagging.Tagger(encoder, one_prompt_sets).score(np.vstack(list(vectors.values())))
+    # CLIP (no logit bias): a softmax over each set's labels.
+    assert all(sum(p for _, p in row[name]) == pytest.approx(1.0) for row in scored for name in row)
     lines = []
     for label_set, attribute in (("colour", "colour"), ("category", "category")):
         expected = [getattr(truth[key], attribute) for key in vectors]
@@ -103,6 +105,44 @@ def test_top1_accuracy_against_the_generators_truth(catalog, db, tag_settings, r
     with capsys.disabled():
         print(f"\nZero-shot tagging, {len(vectors)} demo products (seed 1905), the demo model:\n  "
               + "\n  ".join(lines))
+
+
+def test_a_siglip_model_scores_each_label_on_its_own_with_its_bias(catalog, db, settings, tmp_path,
+                                                                    registration):
+    """A model with a learned logit bias: sigmoid(scale · cos + bias) per label, no softmax across
+    the set; the confidences are recomputed here from the model's own encoders."""
+    from clip_search.encoders import EncoderSpec, ImageEncoder, TextEncoder, load_clip
+    from clip_search.indexing import register_encoder
+    from clip_search.zeroshot import ensemble
+    from tests.catalog import create_product
+    from tests.model_families import hub_offline, siglip_folder
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {
+        "SETS": {"colour": {"LABELS": ["red", "blue", "green"], "PROMPTS": ["a {} product", "{}"]}},
+        "MIN_CONFIDENCE": 0.0}}
+    with hub_offline():
+        folder = siglip_folder(tmp_path / "siglip")
+        spec = EncoderSpec.from_settings().with_weights(f"local-dir:{folder}")
+        encoder = register_encoder(spec, activate_if_none=False)  # beside the active demo model
+        products = [create_product(s) for s in generate_catalog(3, seed=41)]
+        embed_objects(registration, products, encoder)
+        tagging.suggest(registration, [p.pk for p in products], encoder=encoder)
+        clip = load_clip(spec)
+        text = TextEncoder(clip, cache_size=0)
+        labels = {label: ensemble(text.encode([f"a {label} product", label]))
+                  for label in ("red", "blue", "green")}
+        pictures = ImageEncoder(clip).encode_bytes([p.image.open("rb").read() for p in products])
+    assert clip.logit_bias is not None
+    for product, picture in zip(products, pictures, strict=True):
+        tags = tags_of(product)
+        assert set(tags) == {("colour", "red"), ("colour", "blue"), ("colour", "green")}  # MIN_CONFIDENCE 0
+        for (_, label), tag in tags.items():
+            cosine = float(picture.vector.astype(np.float64) @ labels[label])
+            expected = 1 / (1 + np.exp(-(clip.logit_scale * cosine + clip.logit_bias)))
+            assert tag.confidence == pytest.approx(expected, rel=1e-3, abs=1e-9)
+            assert tag.encoder == encoder
+        assert sum(tag.confidence for tag in tags.values()) != pytest.approx(1.0)  # not a softmax
 
 
 # --------------------------------------------------------------------------- suggestions and decisions
