@@ -544,3 +544,15 @@ def test_the_tag_endpoints_are_in_the_schema(db):
     assert {p["name"] for p in listing["parameters"]} == {"product_id", "status", "set"}
     assert set(listing["responses"]) >= {"200", "401", "403", "404"}
     assert "409" in operations["products_tags_suggest"][2]["responses"]
+
+
+@pytest.mark.parametrize(("path", "problem"), [("shop.nowhere.labels", "cannot be imported"),
+                                               ("shop_demo.catalog.generator.COLOURS", "is not callable")])
+def test_manage_py_check_names_a_labels_path_that_cannot_work(settings, path, problem):
+    from clip_search.checks import check_tagging_labels
+
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": {"SETS": {"kind": {"LABELS": path}}}}
+    (error,) = check_tagging_labels()
+    assert error.id == "clip_search.E007" and problem in error.msg and "['kind']['LABELS']" in error.msg
+    settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "TAGGING": TAGGING}
+    assert check_tagging_labels() == []
