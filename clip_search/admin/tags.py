@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.aggregates import JSONBAgg
 from django.db import models
@@ -26,9 +25,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from clip_search import tagging
-from clip_search.admin.display import admin_change_url, products_for, thumbnail
+from clip_search.admin.display import ProductColumns
 from clip_search.models import ProductTag
-from clip_search.registry import registry
 
 Status = ProductTag.Status
 
@@ -57,19 +55,11 @@ class ProductTagForm(forms.ModelForm):
         fields: list[str] = []
 
 
-class ProductTagChangeList(ChangeList):
-    def get_results(self, request: HttpRequest) -> None:
-        """The page's products in one query per model, for their names and pictures."""
-        super().get_results(request)
-        tags = list(self.result_list)
-        products = products_for(tags)
-        for tag in tags:
-            tag.clip_product = products.get((tag.content_type_id, tag.object_pk))
-
-
 @admin.register(ProductTag)
-class ProductTagAdmin(admin.ModelAdmin):
+class ProductTagAdmin(ProductColumns, admin.ModelAdmin):
     """Suggestions first, most confident first; filtered by status, set, label and encoder."""
+
+    preview_size, large_preview_size = 48, 192
 
     form = ProductTagForm
     list_display = ("preview", "product", "badge", "confidence_percent", "status", "encoder", "decided")
@@ -87,9 +77,6 @@ class ProductTagAdmin(admin.ModelAdmin):
     def get_ordering(self, request: HttpRequest) -> list:
         return ["-status", "-confidence", "pk"]  # suggested, rejected, accepted: work to do first
 
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return ProductTagChangeList
-
     def get_fieldsets(self, request: HttpRequest, obj: ProductTag | None = None) -> list:
         fieldsets = [(None, {"fields": self.readonly_fields})]
         if obj is not None and self.has_change_permission(request, obj):
@@ -101,35 +88,8 @@ class ProductTagAdmin(admin.ModelAdmin):
 
     # ----------------------------------------------------------------- columns
 
-    def _product(self, tag: ProductTag) -> models.Model | None:
-        if not hasattr(tag, "clip_product"):  # the change page: a single tag
-            tag.clip_product = products_for([tag]).get((tag.content_type_id, tag.object_pk))
-        return tag.clip_product
-
-    def _preview(self, tag: ProductTag, size: int) -> SafeString | str:
-        product = self._product(tag)
-        if product is None or not registry.is_registered(type(product)):
-            return "—"
-        return thumbnail(registry.get(type(product)).image_url(product), str(product), size)
-
-    @admin.display(description=_("image"))
-    def preview(self, tag: ProductTag) -> SafeString | str:
-        return self._preview(tag, 48)
-
-    @admin.display(description=_("image"))
-    def large_preview(self, tag: ProductTag) -> SafeString | str:
-        return self._preview(tag, 192)
-
-    @admin.display(description=_("product"))
-    def product(self, tag: ProductTag) -> str:
-        product = self._product(tag)
-        return str(product) if product is not None else str(_("deleted (%(pk)s)") % {"pk": tag.object_pk})
-
-    @admin.display(description=_("product"))
-    def product_link(self, tag: ProductTag) -> SafeString | str:
-        product = self._product(tag)
-        url = product is not None and admin_change_url(product, self.admin_site.name)
-        return format_html('<a href="{}">{}</a>', url, product) if url else self.product(tag)
+    def product_key(self, tag: ProductTag) -> tuple[int, str]:
+        return tag.content_type_id, tag.object_pk
 
     @admin.display(description=_("tag"), ordering="label")
     def badge(self, tag: ProductTag) -> SafeString:
