@@ -191,6 +191,28 @@ def test_suggestions_carry_confidences_and_staff_decisions_outlive_new_ones(cata
     assert set(tags_of(product)) == {("colour", spec.colour), ("category", spec.category)}
 
 
+def test_a_decision_is_signalled_once_it_commits(catalog, db, tag_settings, registration,
+                                                 django_capture_on_commit_callbacks):
+    spec, product = indexed(catalog)[8]
+    tagging.suggest(registration, [product.pk], sets=["colour"])
+    received = []
+
+    def receiver(sender, object_pk, tags, status, **kwargs):
+        decided = [(tag.label, tag.status, tag.decided_by_name) for tag in tags]
+        received.append((sender, object_pk, decided, status))
+
+    tagging.tags_decided.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            tagging.accept(tags_of(product).values(), user=get_user_model().objects.create_user("tagger"))
+            assert received == []  # not before the commit
+        assert len(callbacks) == 1
+    finally:
+        tagging.tags_decided.disconnect(receiver)
+    assert received == [(Product, str(product.pk), [(spec.colour, Status.ACCEPTED, "tagger")],
+                         Status.ACCEPTED)]
+
+
 def test_a_product_without_an_image_vector_gets_no_tags(catalog, db, tag_settings, registration):
     spec, product = indexed(catalog)[2]
     Embedding.objects.filter(object_pk=str(product.pk)).delete()

@@ -44,23 +44,26 @@ def _decide(tags: Iterable[ProductTag], status: str, user) -> int:
     by_product: dict[tuple[int, str], list[int]] = defaultdict(list)
     for tag in tags:
         by_product[(tag.content_type_id, tag.object_pk)].append(tag.pk)
-    username = user.get_username() if user is not None and user.pk else ""
+    user = user if user is not None and user.pk else None  # AnonymousUser: nobody on record
     changed = 0
     for (content_type_id, object_pk), pks in by_product.items():
         changed += rows.retrying(lambda c=content_type_id, o=object_pk, p=pks: _decide_product(
-            c, o, p, status, user if username else None, username))
+            c, o, p, status, user))
     return changed
 
 
-def _decide_product(content_type_id: int, object_pk: str, pks: list[int], status: str, user,
-                    username: str) -> int:
+def _decide_product(content_type_id: int, object_pk: str, pks: list[int], status: str, user) -> int:
     product_rows = Embedding.objects.filter(content_type_id=content_type_id, object_pk=object_pk)
     list(product_rows.select_for_update().order_by("pk").values_list("pk", flat=True))  # the lock
     decided = list(ProductTag.objects.select_for_update().filter(pk__in=pks).exclude(status=status))
     if not decided:
         return 0
-    ProductTag.objects.filter(pk__in=[tag.pk for tag in decided]).update(
-        status=status, decided_by=user, decided_by_name=username, decided_at=timezone.now())
+    fields = {"status": status, "decided_by": user, "decided_at": timezone.now(),
+              "decided_by_name": user.get_username() if user is not None else ""}
+    ProductTag.objects.filter(pk__in=[tag.pk for tag in decided]).update(**fields)
+    for tag in decided:  # as stored, for the signal's receivers
+        for name, value in fields.items():
+            setattr(tag, name, value)
     model = ContentType.objects.get_for_id(content_type_id).model_class()
     if model is not None and registry.is_registered(model):
         refresh_document(registry.get(model), object_pk)

@@ -63,11 +63,15 @@ def product_vectors(content_type: ContentType, encoder: EncoderModel,
     return {key: total / np.linalg.norm(total) for key, total in sums.items()}
 
 
+BATCH = 500  # products scored and stored per transaction
+
+
 @primary_reads()
 def suggest(registration: Registration, pks: Iterable[Any], *, encoder: EncoderModel | None = None,
             sets: Iterable[str] | None = None) -> Tagged:
     """Suggest tags for these products of ``registration`` from the ``encoder``'s vectors (the
-    active one by default), for every configured label set or those named; one transaction."""
+    active one by default), for every configured label set or those named; a transaction per
+    ``BATCH`` products."""
     from clip_search.indexing import active_encoder
 
     keys = list(dict.fromkeys(str(pk) for pk in pks))
@@ -76,13 +80,15 @@ def suggest(registration: Registration, pks: Iterable[Any], *, encoder: EncoderM
     if not keys or not chosen or encoder is None:
         return Tagged(without_vectors=len(keys) if chosen else 0)
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
-    vectors = product_vectors(content_type, encoder, keys)
-    tagged = Tagged(products=len(vectors), without_vectors=len(keys) - len(vectors))
-    if not vectors:
-        return tagged
-    scores = dict(zip(vectors, Tagger(encoder, chosen).score(np.vstack(list(vectors.values()))), strict=True))
-    suggested, withdrawn = rows.retrying(lambda: _store(content_type, encoder, chosen, scores))
-    tagged.suggested, tagged.withdrawn = suggested, withdrawn
+    tagger, tagged = Tagger(encoder, chosen), Tagged()
+    for start in range(0, len(keys), BATCH):
+        batch = keys[start:start + BATCH]
+        vectors = product_vectors(content_type, encoder, batch)
+        tagged.add(Tagged(products=len(vectors), without_vectors=len(batch) - len(vectors)))
+        if vectors:
+            scores = dict(zip(vectors, tagger.score(np.vstack(list(vectors.values()))), strict=True))
+            suggested, withdrawn = rows.retrying(lambda s=scores: _store(content_type, encoder, chosen, s))
+            tagged.add(Tagged(suggested=suggested, withdrawn=withdrawn))
     return tagged
 
 
@@ -127,9 +133,12 @@ def to_tag(registration: Registration, encoder: EncoderModel, *, missing_only: b
     queryset = registration.model._default_manager.order_by("pk").filter(Exists(ImageEmbedding.objects.filter(
         content_type=content_type, encoder=encoder, object_pk=key, vector__isnull=False)))
     if missing_only:
+        chosen = label_sets(sets)
+        if not chosen:
+            return queryset.none()
         tags = ProductTag.objects.filter(content_type=content_type, encoder=encoder, object_pk=key)
         queryset = queryset.filter(reduce(operator.or_, (~Exists(tags.filter(label_set=label_set.name))
-                                                         for label_set in label_sets(sets))))
+                                                         for label_set in chosen)))
     return queryset
 
 
@@ -147,7 +156,7 @@ def tag_batches(registration: Registration, encoder: EncoderModel, *, batch_size
 
 
 @primary_reads()
-def tag_catalog(registration: Registration, encoder: EncoderModel, *, batch_size: int = 500,
+def tag_catalog(registration: Registration, encoder: EncoderModel, *, batch_size: int = BATCH,
                 missing_only: bool = False, sets: Iterable[str] | None = None,
                 progress: Callable[[int], None] = lambda n: None) -> Tagged:
     """Suggest tags for the whole catalog (``manage.py clip_tag``), a transaction per batch."""
