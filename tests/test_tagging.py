@@ -311,6 +311,11 @@ def test_a_facet_over_accepted_tags_counts_and_filters_in_the_api(catalog, db, t
     assert {result["id"] for result in narrowed["results"]} == pks & hits != set()
     (colour,) = [facet for facet in narrowed["facets"] if facet["name"] == "colour"]
     assert {value["value"]: value["selected"] for value in colour["values"]}[name] is True
+    # A chosen label no hit has still shows, with 0, so the shopper can unchoose it.
+    nothing = api.get(url, {"q": "mug", "colour": "ultraviolet"}).json()
+    assert nothing["results"] == []
+    (colour,) = [facet for facet in nothing["facets"] if facet["name"] == "colour"]
+    assert {"value": "ultraviolet", "label": "ultraviolet", "count": 0, "selected": True} in colour["values"]
 
 
 def test_a_tag_facet_names_a_configured_set(tag_settings):

@@ -38,8 +38,11 @@ class TagFacet(Facet):
         keys = hits.annotate(clip_key=Cast("pk", CharField())).values("clip_key")
         rows = (self._accepted(hits.db).filter(object_pk__in=keys).values("label")
                 .annotate(hits=Count("object_pk", distinct=True)).order_by("-hits", "label")[:self.size])
-        return [{"value": row["label"], "label": row["label"], "count": row["hits"],
-                 "selected": row["label"] in chosen} for row in rows]
+        values = [{"value": row["label"], "label": row["label"], "count": row["hits"],
+                   "selected": row["label"] in chosen} for row in rows]
+        listed = {row["label"] for row in rows}  # a chosen label no hit has still shows, to unchoose it
+        return values + [{"value": label, "label": label, "count": 0, "selected": True}
+                         for label in chosen if label not in listed]
 
     def _accepted(self, using: str) -> models.QuerySet:
         content_type = ContentType.objects.db_manager(using).get_for_model(self.model,
