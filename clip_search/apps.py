@@ -12,10 +12,12 @@ class ClipSearchConfig(AppConfig):
         from clip_search import checks, synonyms  # noqa: F401 - registers the checks and receivers
         from clip_search.registry import registry
         from clip_search.signals import connect_registration, disconnect_registration
+        from clip_search.tagging import signals as tag_signals
 
         # The registry only describes models; the signal wiring subscribes to it here, for
         # registrations made before this app's ready() and for those made after.
         registry.subscribe(connect_registration, disconnect_registration)
+        registry.subscribe(tag_signals.connect, tag_signals.disconnect)
         registry.resolve_pending()
         post_delete.connect(_drop_vector_index, sender="clip_search.EncoderModel",
                             dispatch_uid="clip_search.drop_vector_index")

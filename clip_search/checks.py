@@ -186,3 +186,30 @@ def check_routers(app_configs: Any = None, **kwargs: Any) -> list:
              "(README, Operating it: Read replicas).",
         id="clip_search.W004",
     )]
+
+
+@register("clip_search")
+def check_tagging_labels(app_configs: Any = None, **kwargs: Any) -> list:
+    """A LABELS import path that does not import would fail only when tags are first suggested.
+    Imported, not called: the callable may read the shop's tables, which a check must not."""
+    from django.utils.module_loading import import_string
+
+    try:
+        sets = clip_settings.TAGGING["SETS"]
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    errors = []
+    for name, options in sets.items():
+        path = options["LABELS"]
+        if not isinstance(path, str):
+            continue
+        try:
+            problem = None if callable(import_string(path)) else "is not callable"
+        except ImportError as error:
+            problem = f"cannot be imported ({error})"
+        if problem:
+            errors.append(Error(
+                f"CLIP_SEARCH['TAGGING']['SETS'][{name!r}]['LABELS'] = {path!r} {problem}.",
+                hint="Name a function returning the labels (a list, or a dict of labels to their words).",
+                id="clip_search.E007"))
+    return errors

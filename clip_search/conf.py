@@ -116,11 +116,31 @@ DEFAULTS: dict[str, Any] = {
         "SAFE_PROMPTS": ["a product photo", "a photo of a product for sale"],
         "SAMPLE_RATE": 0.0,  # share of passed uploads also sent to the review queue
     },
+    # Zero-shot product tagging (clip_search.tagging): each product's stored image vectors scored
+    # against the shop's own label sets; staff accept or reject the suggestions.
+    "TAGGING": {
+        # {"colour": {"LABELS": ["red", "blue"], "PROMPTS": ["a photo of something {}"]}, ...}.
+        # LABELS: a list of labels; a dict of labels to the words that fill the prompts for them
+        # ({"T-shirts": ["t-shirt", "tee"]}); or the import path of a callable returning either
+        # (labels kept in the shop's own tables). PROMPTS and MIN_CONFIDENCE: the defaults below.
+        "SETS": {},
+        # Templates, "{}" standing for a label's words; a label's vector is their average.
+        "PROMPTS": ["a photo of a {}", "a product photo of a {}", "a {}"],
+        # A label is suggested at this probability or more. CLIP: its share of a softmax over
+        # the set's labels (0.5 suggests at most one per set); SigLIP (a model with a logit
+        # bias): the sigmoid of that label alone, far lower for a clear match: set it per model.
+        "MIN_CONFIDENCE": 0.5,
+        # Accepted tags join the product's full-text document at this weight (A-D), so the
+        # full-text leg and spelling correction know them; None keeps them out of search.
+        "DOCUMENT_WEIGHT": "C",
+        # The embed task suggests tags for the products it has just written.
+        "AFTER_EMBED": False,
+    },
 }
 
 # Dict-valued settings a user replaces whole; every other dict is merged key by key, so
 # ``CLIP_SEARCH = {"SEARCH": {"RRF_K": 30}}`` keeps the other search defaults.
-_REPLACED_WHOLE = ("CATEGORIES",)
+_REPLACED_WHOLE = ("CATEGORIES", "SETS")
 
 
 def _merge(default: dict, user: dict, path: str) -> dict:
@@ -239,6 +259,57 @@ def validate(values: dict[str, Any]) -> None:
                  f"{where}['THRESHOLD'] must be in (0, 1].")
     _require(bool(moderation["SAFE_PROMPTS"]), "['MODERATION']['SAFE_PROMPTS'] must not be empty.")
     _require(0.0 <= moderation["SAMPLE_RATE"] <= 1.0, "['MODERATION']['SAMPLE_RATE'] must be 0..1.")
+    _validate_tagging(values["TAGGING"])
+
+
+def _validate_tagging(tagging: dict[str, Any]) -> None:
+    _require(isinstance(tagging["SETS"], dict), "['TAGGING']['SETS'] must be a dict.")
+    _require(_prompts_ok(tagging["PROMPTS"]), "['TAGGING']['PROMPTS'] must be a non-empty list of "
+             "strings, each with one {} for the label.")
+    _require(_probability(tagging["MIN_CONFIDENCE"]), "['TAGGING']['MIN_CONFIDENCE'] must be in 0..1.")
+    _require(tagging["DOCUMENT_WEIGHT"] in (None, "A", "B", "C", "D"),
+             "['TAGGING']['DOCUMENT_WEIGHT'] must be A, B, C, D or None.")
+    _require(isinstance(tagging["AFTER_EMBED"], bool), "['TAGGING']['AFTER_EMBED'] must be a bool.")
+    for name, options in tagging["SETS"].items():
+        where = f"['TAGGING']['SETS'][{name!r}]"
+        _require(isinstance(name, str) and 0 < len(name) <= 64, f"{where}: a set's name is 1..64 characters.")
+        _require(isinstance(options, dict) and "LABELS" in options
+                 and set(options) <= {"LABELS", "PROMPTS", "MIN_CONFIDENCE"},
+                 f"{where} must be a dict with LABELS, and optionally PROMPTS and MIN_CONFIDENCE.")
+        problem = None if isinstance(options["LABELS"], str) else labels_problem(options["LABELS"])
+        _require(problem is None, f"{where}['LABELS'] {problem}")
+        _require("PROMPTS" not in options or _prompts_ok(options["PROMPTS"]),
+                 f"{where}['PROMPTS'] must be a non-empty list of strings, each with one {{}} for the label.")
+        _require("MIN_CONFIDENCE" not in options or _probability(options["MIN_CONFIDENCE"]),
+                 f"{where}['MIN_CONFIDENCE'] must be in 0..1.")
+
+
+def labels_problem(labels: Any) -> str | None:
+    """What is wrong with a label set's labels (a list, or a dict of labels to the words that
+    fill the prompts), or None. Also applied to what a LABELS callable returns."""
+    if isinstance(labels, dict):
+        names, words = list(labels), list(labels.values())
+    elif isinstance(labels, (list, tuple)):
+        names, words = list(labels), []
+    else:
+        return "must be a list of labels, a dict of labels to their words, or the import path of a callable."
+    if not names or not all(isinstance(n, str) and 0 < len(n.strip()) and len(n) <= 200 for n in names):
+        return "needs labels: non-empty strings of at most 200 characters."
+    if len(set(names)) != len(names):
+        return "names a label twice."
+    if not all(isinstance(w, (list, tuple)) and w and all(isinstance(x, str) and x for x in w)
+               for w in words):
+        return "maps each label to a non-empty list of words (strings)."
+    return None
+
+
+def _prompts_ok(prompts: Any) -> bool:
+    return (isinstance(prompts, (list, tuple)) and bool(prompts)
+            and all(isinstance(p, str) and p.count("{}") == 1 for p in prompts))
+
+
+def _probability(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 class ClipSearchSettings:

@@ -6,7 +6,8 @@ A shop declares them (``CLIP_SEARCH_API["FACETS"]``, or ``declared(...)`` from i
     {"category": {"field": "category__slug", "label": "category__name", "title": _("Category")},
      "brand": {"field": "brand__name"},
      "price": {"field": "price", "ranges": [[None, 25], [25, 50], [50, 100], [100, None]]},
-     "in_stock": {"field": "in_stock"}}
+     "in_stock": {"field": "in_stock"},
+     "colour": {"tags": "colour", "title": _("Colour")}}  # staff-accepted tags of a label set
 
 Each facet is also a filter named after it: ``?category=mug`` (repeated: any of them),
 ``?price=25-50`` (from 25 included to 50 excluded; ``-25`` and ``100-`` are open),
@@ -59,6 +60,10 @@ class Facet:
                 parsed.append(value)
         return parsed
 
+    def count_values(self, hits: models.QuerySet, chosen: list[Any]) -> list[dict[str, Any]]:
+        """Each value with its number of ``hits``, most first (``chosen``: the selected ones)."""
+        return _count(hits, self, chosen)
+
     def q(self, selected: list[Any]) -> Q:
         """The filter of the selected values: any of them."""
         condition = Q()
@@ -83,8 +88,13 @@ def declared(model: type[models.Model], options: Mapping[str, Mapping[str, Any]]
         where = f"facet {name!r}"
         if name in RESERVED:
             raise ImproperlyConfigured(f"{where}: the name is a search parameter; choose another.")
+        if isinstance(option, Mapping) and "tags" in option:  # accepted tags of a label set
+            from clip_search.tagging.facets import tag_facet
+
+            facets.append(tag_facet(model, name, option))
+            continue
         if not isinstance(option, Mapping) or "field" not in option:
-            raise ImproperlyConfigured(f"{where}: needs a 'field'.")
+            raise ImproperlyConfigured(f"{where}: needs a 'field' (or 'tags', a label set).")
         unknown = set(option) - {"field", "label", "title", "ranges", "size"}
         if unknown:
             raise ImproperlyConfigured(f"{where}: unknown option(s) {', '.join(sorted(unknown))}.")
@@ -168,8 +178,8 @@ def count(model: type[models.Model], keys: list[str], facets: list[Facet], selec
     """Each facet's values with their number of hits (``keys``) under the other facets' selections."""
     hits = model._default_manager.db_manager(using).filter(KeyIn("pk", keys))
     return [{"name": facet.name, "title": facet.title, "kind": facet.kind,
-             "values": _count(hits.filter(narrowing(facets, selected, leave_out=facet.name)), facet,
-                              selected.get(facet.name, []))}
+             "values": facet.count_values(hits.filter(narrowing(facets, selected, leave_out=facet.name)),
+                                          selected.get(facet.name, []))}
             for facet in facets]
 
 

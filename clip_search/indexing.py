@@ -36,7 +36,7 @@ from django.db import models, transaction
 from django.db.models import Value
 from django.utils import timezone
 
-from clip_search import lexicon, rows, sql
+from clip_search import lexicon, rows, sql, tagging
 from clip_search.conf import clip_settings
 from clip_search.encoders import EncoderSpec, get_clip, image_encoder_for, text_encoder_for
 from clip_search.imaging import ImageRejected
@@ -152,7 +152,7 @@ def pipeline_for(encoder: EncoderModel) -> Pipeline:
 def document_fields(registration: Registration, obj: models.Model) -> dict:
     """The stored full-text document, keyword text, words and suggestions of one object."""
     config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
-    parts = registration.text_parts(obj)
+    parts = registration.text_parts(obj) + tagging.document_parts(registration, obj)  # accepted tags
     vectors = [SearchVector(Value(text), weight=weight, config=config) for weight, text in parts if text]
     document = vectors[0] if vectors else None
     for vector in vectors[1:]:

@@ -465,3 +465,46 @@ class SearchEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.position} ({self.object_pk})"
+
+
+class ProductTag(models.Model):
+    """A label of one of the shop's label sets (``CLIP_SEARCH["TAGGING"]``) on one product:
+    suggested by zero-shot scoring of the product's stored image vectors, then accepted or
+    rejected by staff (clip_search.tagging).
+
+    A decision outlives new suggestions and encoder switches: a rejected label is never
+    suggested again for the product, an accepted one stays until staff change their mind.
+    """
+
+    class Status(models.TextChoices):
+        SUGGESTED = "suggested", _("suggested")
+        ACCEPTED = "accepted", _("accepted")
+        REJECTED = "rejected", _("rejected")
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    object_pk = models.CharField(max_length=64)
+    label_set = models.CharField(_("label set"), max_length=64)
+    label = models.CharField(_("label"), max_length=200)
+    confidence = models.FloatField(_("confidence"), help_text=_(
+        "The model's probability for the label when it was last suggested (see MIN_CONFIDENCE)."))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.SUGGESTED)
+    # The weights that suggested it; kept (as None) on a decided tag when its encoder is deleted.
+    encoder = models.ForeignKey(EncoderModel, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+    suggested_at = models.DateTimeField(_("suggested"))
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    decided_by_name = models.CharField(_("decided by"), max_length=150, blank=True,
+                                       help_text=_("Kept if the user is deleted."))
+    decided_at = models.DateTimeField(_("decided"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("product tag")
+        ordering = ["label_set", "-confidence"]
+        constraints = [models.UniqueConstraint(fields=["content_type", "object_pk", "label_set", "label"],
+                                               name="clip_search_one_tag_per_label")]
+        indexes = [models.Index(fields=["content_type", "label_set", "status", "label"],
+                                name="clip_search_tag_facet")]
+
+    def __str__(self) -> str:
+        return f"{self.label_set}: {self.label} ({self.object_pk}) [{self.status}]"

@@ -27,7 +27,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from clip_search.conf import clip_settings
-from clip_search.zeroshot import probabilities
+from clip_search.zeroshot import ensemble, probabilities
 
 # sender: the shop's model class; kwargs: object_pk, embedding, item (ReviewItem), scores.
 upload_flagged = Signal()
@@ -59,7 +59,7 @@ class Moderator:
         self.logit_scale = float(logit_scale)
         self.logit_bias = text_encoder.clip.logit_bias
         safe = text_encoder.encode(list(options["SAFE_PROMPTS"]))
-        unsafe = [_ensemble(text_encoder.encode(list(c["PROMPTS"])))
+        unsafe = [ensemble(text_encoder.encode(list(c["PROMPTS"])))
                   for c in options["CATEGORIES"].values()]
         self._classes = np.vstack([safe, *unsafe]) if unsafe else safe
         self._first_category = len(safe)
@@ -80,11 +80,6 @@ class Moderator:
     def sampled(self, image_sha256: str) -> bool:
         """Deterministic per image: the same upload is always sampled or never."""
         return self.sample_rate > 0 and int(image_sha256[:8], 16) / 0xFFFFFFFF < self.sample_rate
-
-
-def _ensemble(vectors: np.ndarray) -> np.ndarray:
-    mean = vectors.mean(axis=0)
-    return mean / np.linalg.norm(mean)
 
 
 class DecisionRefused(ValueError):

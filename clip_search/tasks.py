@@ -27,6 +27,7 @@ from clip_search.indexing import active_encoder, embed_objects, register_encoder
 from clip_search.models import Embedding, EncoderModel
 from clip_search.registry import Registration, registry
 from clip_search.routers import primary_reads
+from clip_search.tagging.signals import after_embed
 from clip_search.verify import delete_orphans, hide_unscored, needs_work, resume_point, verify_batches
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def embed_batch(self, label: str, pks: list[str], encoder_id: int | None = None,
         for pk in gone:  # deleted since it was queued
             remove_object(registration, pk)
         summary = embed_objects(registration, objects, encoder, force=force)
+        after_embed(registration, [obj.pk for obj in objects], encoder)  # TAGGING["AFTER_EMBED"]
     except (DatabaseError, OSError, BrokerError) as error:  # transient: back off and retry
         if self.request.retries >= clip_settings.MAX_RETRIES:
             raise

@@ -24,3 +24,11 @@ def probabilities(cosines: np.ndarray, logit_scale: float, logit_bias: float | N
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def ensemble(vectors: np.ndarray) -> np.ndarray:
+    """One class vector from the (L2-normalised) embeddings of its prompts: their mean,
+    normalised again. Averaging phrasings ("a photo of a mug", "a mug") cancels what each
+    wording adds of its own and keeps what they share, the class."""
+    mean = vectors.mean(axis=0)
+    return mean / np.linalg.norm(mean)

@@ -18,6 +18,7 @@ QUEUE=${CLIP_SEARCH_QUEUE:-clip_search}
 WORKER=$!
 trap 'kill "$WORKER" 2>/dev/null || true' EXIT
 $PY manage.py clip_reindex --async --missing --timeout 1800
+$PY manage.py clip_tag --missing  # tag suggestions for the admin (no image is read again)
 
 $PY manage.py demo_admin
 echo "Storefront: http://127.0.0.1:8000/   (worker log: .data/worker.log)"

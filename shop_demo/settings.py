@@ -87,6 +87,18 @@ CLIP_SEARCH = {
         "SAFE_PROMPTS": [f"a photo of a {noun}" for noun in (
             "t-shirt", "mug", "sneaker", "backpack", "lamp", "chair", "watch", "hat", "bottle", "umbrella")],
     },
+    # Zero-shot tagging (manage.py clip_tag, the admin's "Suggest tags"): the shop's colours, and
+    # its categories as its own table names them; staff accept or reject the suggestions.
+    "TAGGING": {
+        "SETS": {
+            "colour": {
+                "LABELS": ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink",
+                           "brown"],
+                "PROMPTS": ["a photo of a {} product", "a {} product", "a product in {}"],
+            },
+            "category": {"LABELS": "shop_demo.catalog.clip.category_labels"},
+        },
+    },
 }
 
 LOGGING = {

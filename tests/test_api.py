@@ -652,11 +652,12 @@ def test_the_openapi_schema_is_valid_and_covers_every_route(api, db):
         if not getattr(view, "clip_search_api", False):
             continue  # the schema and docs views themselves
         path = "/api/" + str(pattern.pattern).replace("<str:version>", "v1")
-        path = path.replace("<str:product_id>", "{product_id}").replace("<int:item_id>", "{item_id}")
+        for name, converter in (("product_id", "str"), ("item_id", "int"), ("tag_id", "int")):
+            path = path.replace(f"<{converter}:{name}>", f"{{{name}}}")
         for method in ("get", "post"):
             if hasattr(view, method):
                 operations[(path, method)] = document["paths"][path][method]
-    assert len(operations) == 8 and set(document["paths"]) == {path for path, _ in operations}
+    assert len(operations) == 12 and set(document["paths"]) == {path for path, _ in operations}
     for (path, _method), operation in operations.items():
         assert operation["summary"] and operation["description"], path
         for parameter in operation.get("parameters", []):

@@ -51,7 +51,7 @@ def test_the_schema_is_the_same_under_drfs_default_schema_class(db):
         yaml = api.get(url("schema"))
         document = schema_document(api)
     assert yaml.status_code == 200 and yaml["Content-Type"].startswith("application/vnd.oai.openapi")
-    assert len(with_setting["paths"]) == 8
+    assert len(with_setting["paths"]) == 12
     assert document["paths"] == with_setting["paths"] and document == with_setting
     for path in with_setting["paths"]:
         assert f"\n  {path}:\n".encode() in yaml.content

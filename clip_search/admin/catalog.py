@@ -1,5 +1,6 @@
 """``ClipSearchAdminMixin``: hybrid search, image search, "similar" and "explain" in the shop's own
-changelist of a registered model, and ``extend_admin`` for an admin another app registered."""
+changelist of a registered model (and its tags, with a "Suggest tags" action, once label sets are
+configured), and ``extend_admin`` for an admin another app registered."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import model_ngettext, quote, unquote
 from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR, ChangeList
 from django.core import checks
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import models
 from django.db.models import CharField, Value
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -26,6 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from clip_search import tagging
 from clip_search.admin.display import (
     LEG_LABELS,
     QUERY_ANNOTATION,
@@ -35,6 +37,7 @@ from clip_search.admin.display import (
     status_badge,
     thumbnail,
 )
+from clip_search.admin.tags import TAGS_ANNOTATION, tags_annotation, tags_cell
 from clip_search.conf import clip_settings
 from clip_search.imaging import ImageRejected
 from clip_search.models import Embedding
@@ -85,6 +88,8 @@ class SearchChangeList(ChangeList):
         if facet_count or not self.model_admin.clip_search_columns or not registry.is_registered(self.model):
             return queryset
         queryset = queryset.annotate(**{STATUS_ANNOTATION: status_annotation(self.model)})
+        if "clip_tags" in self.list_display:
+            queryset = queryset.annotate(**{TAGS_ANNOTATION: tags_annotation(self.model)})
         registration = registry.get(self.model)  # the thumbnails' images, in few queries
         return queryset.select_related(*registration.related_paths()).prefetch_related(
             *registration.prefetch_paths())
@@ -101,6 +106,9 @@ class ClipSearchAdminMixin:
     search_help_text = _("Hybrid search: words, colours, SKUs and brands; best matches first.")
     # Add the thumbnail, score (when searching) and status-with-links columns to list_display.
     clip_search_columns = True
+    # With CLIP_SEARCH["TAGGING"]["SETS"]: a tags column (with clip_search_columns) and a
+    # "Suggest tags" action.
+    clip_search_tags = True
     # Changelist hits (None: CLIP_SEARCH["SEARCH"]["LIMIT"]) and rows on the image/similar pages.
     clip_search_limit: int | None = None
     clip_search_results_limit = 48
@@ -222,6 +230,7 @@ class ClipSearchAdminMixin:
             return display
         front = ["clip_thumbnail"]
         back = ["clip_score"] if request.GET.get(SEARCH_VAR, "").strip() else []
+        back += ["clip_tags"] if self._clip_tagging() else []
         back.append("clip_status")
         return [*(c for c in front if c not in display), *display, *(c for c in back if c not in display)]
 
@@ -259,6 +268,16 @@ class ClipSearchAdminMixin:
         score = getattr(obj, "search_score", None)
         return "—" if score is None else f"{score:.4f}"
 
+    @admin.display(description=_("tags"))
+    def clip_tags(self, obj: models.Model) -> SafeString | str:
+        """Accepted tags solid, suggestions outlined (confidence in the tooltip), linked to them
+        in the tag admin, where staff accept or reject them."""
+        url = reverse("admin:clip_search_producttag_changelist", current_app=self.admin_site.name)
+        return tags_cell(obj, url)
+
+    def _clip_tagging(self) -> bool:
+        return self.clip_search_tags and bool(clip_settings.TAGGING["SETS"])
+
     # ----------------------------------------------------------------- actions
 
     def get_actions(self, request: HttpRequest) -> dict:
@@ -267,7 +286,35 @@ class ClipSearchAdminMixin:
             return actions
         if "clip_reembed" not in actions and self.has_change_permission(request):
             actions["clip_reembed"] = self.get_action("clip_reembed")
+        if self._clip_tagging() and self.has_clip_suggest_tags_permission(request):
+            actions["clip_suggest_tags"] = self.get_action("clip_suggest_tags")
         return actions
+
+    def has_clip_suggest_tags_permission(self, request: HttpRequest) -> bool:
+        """Suggesting tags is the tag reviewers' work: ``clip_search.change_producttag``."""
+        return request.user.has_perm("clip_search.change_producttag")
+
+    @admin.action(description=_("Suggest tags for selected %(verbose_name_plural)s"),
+                  permissions=["clip_suggest_tags"])
+    def clip_suggest_tags(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        """Score the selection's stored image vectors against the label sets, here and now (no
+        image is read: fast enough for any selection); decided tags stay as they are."""
+        pks = list(queryset.order_by().values_list("pk", flat=True))
+        try:
+            tagged = tagging.suggest(self.clip_registration, pks)
+        except ImproperlyConfigured as error:
+            self.message_user(request, _("No tags suggested: %(error)s") % {"error": error}, messages.ERROR)
+            return
+        self.message_user(request, _(
+            "%(suggested)d tags suggested for %(count)d %(items)s (%(withdrawn)d earlier suggestions "
+            "withdrawn).") % {"suggested": tagged.suggested, "count": tagged.products,
+                              "items": model_ngettext(self.opts, tagged.products),
+                              "withdrawn": tagged.withdrawn}, messages.SUCCESS)
+        missing = tagged.without_vectors
+        if missing:
+            text = _("%(count)d %(items)s have no embedded image yet and got no tags.")
+            items = model_ngettext(self.opts, missing)
+            self.message_user(request, text % {"count": missing, "items": items}, messages.WARNING)
 
     @admin.action(description=_("Re-embed selected %(verbose_name_plural)s"), permissions=["change"])
     def clip_reembed(self, request: HttpRequest, queryset: models.QuerySet) -> None:

@@ -1,5 +1,6 @@
 """What the admin pages show of a product's index row: status badges, thumbnails, the evidence
-of each search leg. Shared by the catalog's changelist and the review queue."""
+of each search leg, the product behind a row. Shared by the catalog's changelist, the review
+queue and the product tags."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.utils import quote
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import CharField, JSONField, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, JSONObject
+from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -22,6 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from clip_search.conf import clip_settings
 from clip_search.indexing import active_encoder
 from clip_search.models import Embedding
+from clip_search.registry import registry
 from clip_search.search import LEGS, SearchInfo
 
 logger = logging.getLogger(__name__)
@@ -95,11 +99,14 @@ def admin_change_url(obj: models.Model, site_name: str = admin.site.name) -> str
         return None
 
 
-def products_for(embeddings: Iterable[Embedding]) -> dict[tuple[int, str], models.Model]:
-    """The shop objects behind embedding rows, one query per content type (for list pages)."""
+ProductKey = tuple[int, str]  # (content type id, object pk)
+
+
+def products_for(keys: Iterable[ProductKey]) -> dict[ProductKey, models.Model]:
+    """The shop objects behind clip_search rows, one query per content type (for list pages)."""
     wanted: dict[int, set[str]] = defaultdict(set)
-    for embedding in embeddings:
-        wanted[embedding.content_type_id].add(embedding.object_pk)
+    for content_type_id, object_pk in keys:
+        wanted[content_type_id].add(object_pk)
     found: dict[tuple[int, str], models.Model] = {}
     for content_type_id, pks in wanted.items():
         model = ContentType.objects.get_for_id(content_type_id).model_class()
@@ -141,3 +148,68 @@ def _measures(leg: str, detail: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- forms
+
+
+# --------------------------------------------------------------------------- rows about a product
+
+
+class ProductChangeList(ChangeList):
+    """Resolves every product on the page in one query per model (``ProductColumns``)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)
+        products = products_for(self.model_admin.product_key(row) for row in rows)
+        for row in rows:
+            row.clip_product = products.get(self.model_admin.product_key(row))
+
+
+class ProductColumns:
+    """Columns of an admin whose rows are about one shop product (a review item, a tag): its
+    picture and its name, linked to the product's own admin page."""
+
+    preview_size = 64
+    large_preview_size = 256
+
+    def product_key(self, row: models.Model) -> ProductKey:
+        raise NotImplementedError
+
+    def product_image_url(self, row: models.Model, product: models.Model, registration: Any) -> str | None:
+        """The picture to show: the product's first by default."""
+        return registration.image_url(product)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return ProductChangeList
+
+    def _product(self, row: models.Model) -> models.Model | None:
+        if not hasattr(row, "clip_product"):  # the change page: a single row
+            row.clip_product = products_for([self.product_key(row)]).get(self.product_key(row))
+        return row.clip_product
+
+    def _preview(self, row: models.Model, size: int) -> SafeString | str:
+        product = self._product(row)
+        if product is None or not registry.is_registered(type(product)):
+            return "—"
+        url = self.product_image_url(row, product, registry.get(type(product)))
+        return thumbnail(url, str(product), size)
+
+    @admin.display(description=_("image"))
+    def preview(self, row: models.Model) -> SafeString | str:
+        return self._preview(row, self.preview_size)
+
+    @admin.display(description=_("image"))
+    def large_preview(self, row: models.Model) -> SafeString | str:
+        return self._preview(row, self.large_preview_size)
+
+    @admin.display(description=_("product"))
+    def product(self, row: models.Model) -> str:
+        product = self._product(row)
+        if product is None:
+            return str(_("deleted (%(pk)s)") % {"pk": self.product_key(row)[1]})
+        return str(product)
+
+    @admin.display(description=_("product"))
+    def product_link(self, row: models.Model) -> SafeString | str:
+        product = self._product(row)
+        url = product is not None and admin_change_url(product, self.admin_site.name)
+        return format_html('<a href="{}">{}</a>', url, product) if url else self.product(row)

@@ -8,7 +8,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.db import models
 from django.db.models import Case, Value, When
@@ -19,13 +18,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from clip_search import moderation
-from clip_search.admin.display import (
-    admin_change_url,
-    products_for,
-    thumbnail,
-)
+from clip_search.admin.display import ProductColumns
 from clip_search.models import ReviewDecision, ReviewItem
-from clip_search.registry import registry
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- the review queue
@@ -84,18 +78,8 @@ class ReviewItemForm(forms.ModelForm):
         fields: list[str] = []
 
 
-class ReviewChangeList(ChangeList):
-    def get_results(self, request: HttpRequest) -> None:
-        """Resolve every product on the page in one query per model, for the previews."""
-        super().get_results(request)
-        items = list(self.result_list)
-        products = products_for(item.embedding for item in items)
-        for item in items:
-            item.clip_product = products.get((item.embedding.content_type_id, item.embedding.object_pk))
-
-
 @admin.register(ReviewItem)
-class ReviewItemAdmin(admin.ModelAdmin):
+class ReviewItemAdmin(ProductColumns, admin.ModelAdmin):
     """Open uploads first; approve or reject them in bulk or one by one with a note."""
 
     form = ReviewItemForm
@@ -117,9 +101,6 @@ class ReviewItemAdmin(admin.ModelAdmin):
         open_first = Case(When(status=ReviewItem.Status.OPEN, then=Value(0)), default=Value(1))
         return [open_first.asc(), "-created_at"]
 
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return ReviewChangeList
-
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).select_related("embedding__content_type", "embedding__encoder",
                                                             "image")
@@ -139,40 +120,12 @@ class ReviewItemAdmin(admin.ModelAdmin):
 
     # ----------------------------------------------------------------- columns
 
-    def _product(self, item: ReviewItem) -> models.Model | None:
-        if not hasattr(item, "clip_product"):  # the change page: a single item
-            item.clip_product = products_for([item.embedding]).get(
-                (item.embedding.content_type_id, item.embedding.object_pk))
-        return item.clip_product
+    def product_key(self, item: ReviewItem) -> tuple[int, str]:
+        return item.embedding.content_type_id, item.embedding.object_pk
 
-    def _preview(self, item: ReviewItem, size: int) -> SafeString | str:
+    def product_image_url(self, item: ReviewItem, product: models.Model, registration: Any) -> str | None:
         """The reviewed image itself (a product may have several), while the product has it."""
-        product = self._product(item)
-        if product is None or not registry.is_registered(type(product)):
-            return "—"
-        url = moderation.reviewed_image_url(item, product, registry.get(type(product)))
-        return thumbnail(url, str(product), size)
-
-    @admin.display(description=_("image"))
-    def preview(self, item: ReviewItem) -> SafeString | str:
-        return self._preview(item, 64)
-
-    @admin.display(description=_("image"))
-    def large_preview(self, item: ReviewItem) -> SafeString | str:
-        return self._preview(item, 256)
-
-    @admin.display(description=_("product"))
-    def product(self, item: ReviewItem) -> str:
-        product = self._product(item)
-        if product is None:
-            return str(_("deleted (%(pk)s)") % {"pk": item.embedding.object_pk})
-        return str(product)
-
-    @admin.display(description=_("product"))
-    def product_link(self, item: ReviewItem) -> SafeString | str:
-        product = self._product(item)
-        url = product is not None and admin_change_url(product, self.admin_site.name)
-        return format_html('<a href="{}">{}</a>', url, product) if url else self.product(item)
+        return moderation.reviewed_image_url(item, product, registration)
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, item: ReviewItem) -> SafeString:

@@ -43,6 +43,9 @@ API_DEFAULTS: dict[str, Any] = {
     # The review queue needs clip_search.view_reviewitem (or change) to list and
     # clip_search.change_reviewitem to approve or reject: is_staff alone is not enough.
     "REVIEW_PERMISSION_CLASSES": ["clip_search.api.permissions.ReviewPermission"],
+    # Product tags need clip_search.view_producttag (or change) to list and
+    # clip_search.change_producttag to suggest, accept or reject.
+    "TAG_PERMISSION_CLASSES": ["clip_search.api.permissions.TagPermission"],
     # Seconds a client is told to wait (Retry-After) when the database is unavailable, or a
     # deadlock or serialization failure aborted its request: a 503 to retry, not a 500.
     "UNAVAILABLE_RETRY_AFTER": 5,

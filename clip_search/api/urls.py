@@ -6,7 +6,7 @@ under the prefix, is a 404 error body.
 
 from django.urls import path, re_path
 
-from clip_search.api import views
+from clip_search.api import tags, views
 
 app_name = "clip_search_api"
 
@@ -21,6 +21,11 @@ urlpatterns = [
     path(f"{V}/review/", views.ReviewListView.as_view(), name="review-list"),
     path(f"{V}/review/<int:item_id>/approve/", views.ReviewApproveView.as_view(), name="review-approve"),
     path(f"{V}/review/<int:item_id>/reject/", views.ReviewRejectView.as_view(), name="review-reject"),
+    path(f"{V}/products/<str:product_id>/tags/", tags.ProductTagsView.as_view(), name="product-tags"),
+    path(f"{V}/products/<str:product_id>/tags/suggest/", tags.ProductTagsSuggestView.as_view(),
+         name="product-tags-suggest"),
+    path(f"{V}/tags/<int:tag_id>/accept/", tags.TagAcceptView.as_view(), name="tag-accept"),
+    path(f"{V}/tags/<int:tag_id>/reject/", tags.TagRejectView.as_view(), name="tag-reject"),
     path(f"{V}/schema/", views.SchemaView.as_view(), name="schema"),
     path(f"{V}/docs/", views.DocsView.as_view(), name="docs"),
     # Last: any other path ending in "/" is the API's JSON 404 (without the slash, Django's

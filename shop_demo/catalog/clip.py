@@ -1,7 +1,7 @@
 """The demo shop's clip_search registration: all a shop writes besides settings and urls."""
 
 import clip_search
-from shop_demo.catalog.models import Product
+from shop_demo.catalog.models import Category, Product
 
 clip_search.register(
     Product,
@@ -14,3 +14,9 @@ clip_search.register(
     suggest={"title": "title", "brand": "brand__name", "category": "category__name"},
     queryset=lambda: Product.objects.filter(is_public=True),
 )
+
+
+def category_labels() -> dict[str, list[str]]:
+    """The "category" label set of CLIP_SEARCH["TAGGING"]: the shop's category names, each
+    prompted by its slug ("T-shirts" as "a photo of a t-shirt"), read from its own table."""
+    return {category.name: [category.slug] for category in Category.objects.order_by("name")}

@@ -33,7 +33,7 @@ def test_the_api_answers_every_generated_request_within_its_schema(live_shop, mo
     url, _ = live_shop
     schema = schemathesis.openapi.from_url(f"{url}/api/v1/schema/?format=json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8, [getattr(op, "label", op) for op in operations]
+    assert len(operations) == 12, [getattr(op, "label", op) for op in operations]
     seen: set[str] = set()
 
     @given(case=schema.as_strategy(generation_mode=mode))
