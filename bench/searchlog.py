@@ -19,10 +19,11 @@ One run, in a throwaway database on the embedded PostgreSQL (or ``DATABASE_URL``
    at a time with ``--pause`` seconds after each (a shopper's next search is seconds later).
 4. In process, what the deferred write itself costs: ``searchlog.build`` and the row's INSERT.
 
-The API saves the row after the response has gone out (``searchlog.save_after``), so the client
-should barely see it. Where it can: gunicorn's gthread worker reads the next request of a
-keep-alive connection only once the previous one is finished, closers included, so a client
-that sends its next request the instant the last byte arrives waits for the INSERT.
+The API hands the row to the process's log writer thread (``searchlog.Writer``), which inserts
+rows in batches: no request waits for an INSERT, not even the next one on a keep-alive
+connection (session 7's first version saved the row in the response's closers, and gunicorn's
+gthread worker runs those before it reads that connection's next request: +2.5 to +9.5 ms on a
+search sent right after another).
 """
 
 from __future__ import annotations

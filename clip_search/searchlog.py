@@ -5,24 +5,26 @@ response carries as ``search_id``; a shop's own ``search()`` calls are logged wh
 their results to ``record``. Events (a click, an add to cart, a purchase) name that id and the
 result's position (``add_event``: the API's ``POST /api/v1/events/``).
 
-Writing it must not slow search down: the API builds the row while it answers and saves it
-after the response has gone out (``save_after``: the WSGI server closes the response once the
-last byte is sent, and Django runs the response's closers then). No personal data is kept: the
+Writing it must not slow search down: the API builds the row while it answers and hands it to
+a writer thread that inserts rows in batches (``Writer``); the request never waits for the
+database. No personal data is kept: the
 shopper is a salted hash of the session key (or, without a session, of the address and user
 agent of that day, so it cannot link days), and rows older than ``RETENTION_DAYS`` are purged.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, models
-from django.http import HttpRequest, HttpResponse
+from django.db import DatabaseError, close_old_connections, models
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -85,16 +87,69 @@ def found_by(hit: Any) -> str:
     return "".join(LEG_LETTERS[leg] for leg, rank in ranks.items() if rank is not None)
 
 
-def save_after(response: HttpResponse, row: SearchRecord) -> None:
-    """Save ``row`` once ``response`` has been sent (its closers run then): the shopper never
-    waits for the log. A failure is logged, never raised at a shopper."""
-    def save() -> None:
-        try:
-            row.save(force_insert=True)
-        except DatabaseError:
-            logger.exception("clip_search: the search log could not be written")
+class Writer:
+    """Rows handed over by requests, written by one thread per process in batches.
 
-    response._resource_closers.append(save)
+    Saving a row in the request (even after its response went out) makes the next request on
+    that keep-alive connection wait for the INSERT and its commit: measured under gunicorn,
+    +2.5 to +9.5 ms on a search sent right after another. Here a request only appends to a list;
+    the thread inserts what gathered every ``FLUSH_SECONDS`` (or at ``BATCH`` rows) in one
+    statement, and at exit. A row lost to a crash is an analytics row, never a product's.
+    """
+
+    FLUSH_SECONDS = 0.2
+    BATCH = 200
+
+    def __init__(self) -> None:
+        self._rows: list[SearchRecord] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, row: SearchRecord) -> None:
+        with self._lock:
+            self._rows.append(row)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="clip_search-searchlog", daemon=True)
+                self._thread.start()
+            if len(self._rows) >= self.BATCH:
+                self._wake.set()
+
+    def pending(self, search_id: uuid.UUID | str) -> bool:
+        with self._lock:
+            return any(str(row.id) == str(search_id) for row in self._rows)
+
+    def flush(self) -> int:
+        """Insert what is waiting, now (tests, an event naming a row not yet written, exit)."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if rows:
+            try:
+                SearchRecord.objects.bulk_create(rows)
+            except DatabaseError:
+                logger.exception("clip_search: %d search log rows could not be written", len(rows))
+            finally:
+                close_old_connections()
+        return len(rows)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.FLUSH_SECONDS)
+            self._wake.clear()
+            self.flush()
+
+
+writer = Writer()
+atexit.register(writer.flush)
+
+
+def save_later(row: SearchRecord) -> None:
+    """Hand ``row`` to the process's writer: the shopper never waits for the log."""
+    writer.add(row)
+
+
+def flush() -> int:
+    return writer.flush()
 
 
 def record(results: models.QuerySet, request: HttpRequest | None = None,
@@ -112,11 +167,16 @@ def add_event(search_id: uuid.UUID | str, kind: str, object_pk: str,
               position: int | None = None) -> SearchEvent:
     """Record what a shopper did with a result. The search must exist and have shown that
     product; ``position`` (1-based) defaults to where it showed it, and must agree with it."""
-    search = SearchRecord.objects.filter(pk=search_id).only("results").first()
+    search = _search(search_id)
     if search is None:
         raise EventRefused("unknown_search", "No such search (or it is older than the log keeps).")
     object_pk = str(object_pk)
     if object_pk not in search.results:
+        # Past the results the log keeps (RESULTS_KEPT), a position cannot be checked: taken as told.
+        kept = clip_settings.SEARCH_LOG["RESULTS_KEPT"]
+        if position is not None and position > len(search.results) == kept:
+            return SearchEvent.objects.create(search=search, kind=kind, object_pk=object_pk,
+                                              position=position, created_at=timezone.now())
         raise EventRefused("not_in_results", "That product was not among the results of that search.")
     shown = search.results.index(object_pk) + 1
     if position is not None and position != shown:
@@ -124,6 +184,20 @@ def add_event(search_id: uuid.UUID | str, kind: str, object_pk: str,
                            f"That product was result {shown} of that search, not {position}.")
     return SearchEvent.objects.create(search=search, kind=kind, object_pk=object_pk, position=shown,
                                       created_at=timezone.now())
+
+
+def _search(search_id: uuid.UUID | str, *, wait: float = 2.0) -> SearchRecord | None:
+    """The search an event names. Its row may not be written yet (the writer gathers rows for a
+    moment, maybe in another process): this process's waiting rows are written first, then the
+    row is looked for again for up to ``wait`` seconds."""
+    if writer.pending(search_id):
+        writer.flush()
+    deadline = time.monotonic() + wait
+    while True:
+        search = SearchRecord.objects.filter(pk=search_id).only("results").first()
+        if search is not None or time.monotonic() >= deadline:
+            return search
+        time.sleep(Writer.FLUSH_SECONDS / 2)
 
 
 def purge(days: int | None = None) -> int:

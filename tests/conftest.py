@@ -134,3 +134,14 @@ def assert_not_blank(png_path) -> None:
     with Image.open(png_path) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50, f"{png_path} looks blank ({len(colours)} colours)"
+
+
+@pytest.fixture
+def empty_search_log(db):
+    """The test starts from an empty search log: searches other tests sent through the API may
+    have been written by the log's writer thread on a connection of its own (committed)."""
+    from clip_search import searchlog
+    from clip_search.models import SearchRecord
+
+    searchlog.flush()
+    SearchRecord.objects.all().delete()

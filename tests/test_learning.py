@@ -22,6 +22,8 @@ from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.catalog import embedded_catalog
 
+pytestmark = pytest.mark.usefixtures("empty_search_log")
+
 
 def test_measures_on_a_ranking_worked_by_hand():
     gains = {"a": 2.0, "b": 1.0}

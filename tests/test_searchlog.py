@@ -22,6 +22,8 @@ from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.catalog import embedded_catalog
 
+pytestmark = pytest.mark.usefixtures("empty_search_log")
+
 
 @pytest.fixture(scope="module")
 def catalog(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
@@ -43,6 +45,7 @@ def url(name: str) -> str:
 def searched(api: APIClient, **params) -> dict:
     response = api.get(url("search"), params, REMOTE_ADDR="203.0.113.7", HTTP_USER_AGENT="Test/1.0")
     assert response.status_code == 200, response.content
+    searchlog.flush()  # what the writer thread does a moment later
     return response.json()
 
 

@@ -38,6 +38,8 @@ from shop_demo.catalog.shopper_words import (
 )
 from tests.catalog import embedded_catalog
 
+pytestmark = pytest.mark.usefixtures("empty_search_log")
+
 DEMO_SEED = 42  # manage.py demo_catalog's
 
 

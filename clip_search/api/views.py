@@ -158,7 +158,7 @@ class StorefrontView(ApiView):
 
     def respond(self, results: models.QuerySet, params: dict[str, Any]) -> Response:
         """A page of ``results`` as ``params`` (ResultParamsSerializer) and the facets ask, and the
-        search's row in the search log (saved once the response is sent)."""
+        search's row in the search log (handed to its writer thread)."""
         registration, info = self.registration, results.search_info
         declared, selected = storefront_facets(registration), getattr(self, "facet_selection", {})
         if selected:
@@ -179,7 +179,7 @@ class StorefrontView(ApiView):
         serializer = self.get_serializer_class()(page, many=True, context=context)
         response = self.get_paginated_response(serializer.data)
         if logged is not None:
-            searchlog.save_after(response, logged)
+            searchlog.save_later(logged)
         return response
 
     def log_row(self, results: models.QuerySet, *, reordered: bool) -> SearchRecord | None:

@@ -316,10 +316,13 @@ def backdate(searches: list[Search], patience: float = 3.0) -> int:
     """Move the log rows of ``searches`` (by id) and their events to the simulated times; returns
     how many searches were found. For the simulation only (see the module docstring).
 
-    A server saves a search's row once its response has gone out, so the last rows may land a
-    moment after the simulation ends: missing ones are waited for up to ``patience`` seconds."""
+    A server's log writer gathers rows for a moment before it inserts them, so the last rows may
+    land a moment after the simulation ends: this process's are written now, another server's
+    are waited for up to ``patience`` seconds."""
+    from clip_search import searchlog
     from clip_search.models import SearchEvent, SearchRecord
 
+    searchlog.flush()
     by_id = {search.search_id: search for search in searches if search.search_id}
     deadline = time.monotonic() + patience
     while True:
