@@ -12,7 +12,7 @@ from typing import Any
 from clip_search.registry import Registration, RegistrationError, register, registry, unregister
 
 __all__ = ["Registration", "RegistrationError", "register", "registry", "reindex", "unregister"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def reindex(target: Any, *, force: bool = False) -> int:

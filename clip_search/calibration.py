@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import Value
+from django.db.models.functions import MD5, Concat
 from django.utils import timezone
 
 from clip_search import sql
@@ -142,9 +144,12 @@ def _titles(encoder: EncoderModel, count: int) -> tuple[list[str], list[list[np.
 
 def _sample(registration: Registration, encoder: EncoderModel, count: int) -> list[tuple]:
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
+    # A sample that is the same on every run for this encoder (a hash of the key, not random()),
+    # so calibrating twice gives the same figures.
+    shuffled = MD5(Concat("object_pk", Value(f":{encoder.pk}")))
     pks = list(Embedding.objects.filter(content_type=content_type, encoder=encoder,
                                         status=Embedding.Status.INDEXED)
-               .order_by("?").values_list("object_pk", flat=True)[:count])
+               .order_by(shuffled).values_list("object_pk", flat=True)[:count])
     vectors: dict[str, list[np.ndarray]] = {}
     for pk, vector in ImageEmbedding.objects.filter(
             content_type=content_type, encoder=encoder, object_pk__in=pks, vector__isnull=False,

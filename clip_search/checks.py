@@ -213,3 +213,39 @@ def check_tagging_labels(app_configs: Any = None, **kwargs: Any) -> list:
                 hint="Name a function returning the labels (a list, or a dict of labels to their words).",
                 id="clip_search.E007"))
     return errors
+
+
+@register("clip_search")
+def check_storefront_api(app_configs: Any = None, **kwargs: Any) -> list:
+    """A facet or sort in ``CLIP_SEARCH_API`` naming a field the model lacks would fail on the
+    first storefront search (every one of them, as a 500): said here instead."""
+    from django.conf import settings
+
+    if not getattr(settings, "CLIP_SEARCH_API", None):
+        return []
+    try:
+        from clip_search.api.conf import storefront_registration
+        from clip_search.api.facets import storefront_facets, storefront_sorts
+    except ImportError:  # the api extra is not installed: nothing serves these settings
+        return []
+    from django.core.exceptions import FieldDoesNotExist
+
+    from clip_search.registry import resolve_path
+
+    try:
+        registration = storefront_registration()
+        storefront_facets(registration)
+        for name, sort in storefront_sorts(registration).items():
+            for path in sort["order_by"]:
+                if not isinstance(path, str):  # an expression (F("price").asc()) is the shop's own
+                    continue
+                try:
+                    resolve_path(registration.model, path.lstrip("-"), allow_many=True)
+                except (FieldDoesNotExist, ImproperlyConfigured) as error:
+                    raise ImproperlyConfigured(f"CLIP_SEARCH_API['SORTS'][{name!r}]: {error}") from None
+    except (ImproperlyConfigured, LookupError) as error:
+        return [Error(f"CLIP_SEARCH_API: {error}",
+                      hint="Facets need a 'field' path of the model (or 'tags'); sorts an 'order_by' "
+                           "list of field paths (README, The REST API).",
+                      id="clip_search.E008")]
+    return []

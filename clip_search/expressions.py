@@ -28,22 +28,26 @@ class ValueAt(Func):
     bound JSON object per annotation, no CASE with one branch per hit, no string-built SQL. A
     jsonb object finds a key by binary search, so ordering a thousand hits by their rank costs
     a thousand look-ups, not a million comparisons (``array_position`` over an array would).
+    Only the keys that have a value other than ``default`` are sent (a rank most hits lack, a
+    flag most do not have): the statement carries what it needs and no more.
     """
 
-    template = "(%(mapping)s::jsonb ->> (%(expressions)s)::text)::%(db_type)s"
+    template = "COALESCE((%(mapping)s::jsonb ->> (%(expressions)s)::text)::%(db_type)s, %(default)s)"
 
     def __init__(self, key: Any, keys: Sequence[str], values: Sequence[Any], db_type: str,
-                 output_field: Field) -> None:
+                 output_field: Field, default: Any = None) -> None:
         if db_type not in ("float8", "int8", "bool"):
             raise ValueError(f"unsupported value type {db_type!r}")
         super().__init__(key, output_field=output_field)
         self.extra.update(db_type=db_type)
-        self.mapping = json.dumps({str(k): v for k, v in zip(keys, values, strict=True)})
+        self.default = default
+        self.mapping = json.dumps({str(k): v for k, v in zip(keys, values, strict=True)
+                                   if v is not None and v != default})
 
     def as_sql(self, compiler, connection, **extra_context):
-        sql, params = super().as_sql(compiler, connection, mapping="%s", **extra_context)
-        # The template puts ``mapping`` before the key expression.
-        return sql, (self.mapping, *params)
+        sql, params = super().as_sql(compiler, connection, mapping="%s", default="%s", **extra_context)
+        # The template puts ``mapping`` before the key expression and ``default`` after it.
+        return sql, (self.mapping, *params, self.default)
 
 
 class KeyIn(Func):

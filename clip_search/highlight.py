@@ -14,7 +14,7 @@ from django.utils.html import escape
 
 from clip_search.conf import clip_settings
 from clip_search.query import ParsedQuery
-from clip_search.registry import Registration, read_path
+from clip_search.registry import Registration
 from clip_search.sql.highlight import headlines
 
 START, STOP = "\x02", "\x03"
@@ -25,22 +25,24 @@ FRAGMENTS = f"StartSel={START}, StopSel={STOP}, MaxFragments=2, MaxWords=24, Min
 
 
 def fields(registration: Registration) -> list[str]:
-    """The text sources a result can show marked: its field paths ("title", "description")."""
-    return [source for source in registration.text if isinstance(source, str)]
+    """The names of the text sources a result shows marked, in the registration's order: a
+    field path ("title", "brand__name"), or a callable's name (Oscar's ``title``)."""
+    return [source if isinstance(source, str) else getattr(source, "__name__", f"text{index}")
+            for index, source in enumerate(registration.text)]
 
 
 def highlight(registration: Registration, objects: list[models.Model], terms: ParsedQuery,
               using: str = "default") -> dict[str, dict[str, str]]:
-    """{pk: {field: HTML}} for ``objects``: each text field escaped, matched words in ``<mark>``."""
+    """{pk: {name: HTML}} for ``objects``: each text source's text as indexed (``fields``),
+    escaped, the matched words in ``<mark>``."""
     names = fields(registration)
     if not terms.groups or not names:
         return {}
     texts, options, keys = [], [], []
     for obj in objects:
-        for index, name in enumerate(names):
-            value = read_path(obj, name)
-            text = "" if value is None else str(value).replace(START, "").replace(STOP, "")
-            texts.append(text)
+        parts = registration.text_parts(obj)
+        for index, (name, (_weight, text)) in enumerate(zip(names, parts, strict=False)):
+            texts.append(text.replace(START, "").replace(STOP, ""))
             options.append(WHOLE if index == 0 else FRAGMENTS)
             keys.append((str(obj.pk), name))
     marked = headlines(texts, options, terms, clip_settings.SEARCH["TEXT_SEARCH_CONFIG"], using=using)

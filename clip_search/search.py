@@ -255,8 +255,8 @@ def _base(queryset: models.QuerySet) -> tuple[str, tuple] | None:
 def _annotate(queryset: models.QuerySet, hits: list[sql.FusedHit]) -> models.QuerySet:
     keys = [hit.object_pk for hit in hits]
 
-    def at(values: list, db_type: str, output_field: models.Field) -> ValueAt:
-        return ValueAt("pk", keys, values, db_type, output_field)
+    def at(values: list, db_type: str, output_field: models.Field, default: Any = None) -> ValueAt:
+        return ValueAt("pk", keys, values, db_type, output_field, default)
 
     return queryset.filter(KeyIn("pk", keys)).annotate(
         search_score=at([h.score for h in hits], "float8", FloatField()),
@@ -264,8 +264,8 @@ def _annotate(queryset: models.QuerySet, hits: list[sql.FusedHit]) -> models.Que
         vector_rank=at([h.vector_rank for h in hits], "int8", BigIntegerField()),
         fulltext_rank=at([h.fulltext_rank for h in hits], "int8", BigIntegerField()),
         keyword_rank=at([h.keyword_rank for h in hits], "int8", BigIntegerField()),
-        keyword_exact=at([h.keyword_exact for h in hits], "bool", BooleanField()),
-        keyword_named=at([h.keyword_named for h in hits], "bool", BooleanField()),
+        keyword_exact=at([h.keyword_exact for h in hits], "bool", BooleanField(), False),
+        keyword_named=at([h.keyword_named for h in hits], "bool", BooleanField(), False),
     ).order_by("search_rank")
 
 

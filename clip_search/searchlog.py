@@ -22,8 +22,9 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django import db
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, close_old_connections, models
+from django.db import close_old_connections, models
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -126,17 +127,21 @@ class Writer:
         if rows:
             try:
                 SearchRecord.objects.bulk_create(rows)
-            except DatabaseError:
+            except db.Error:  # down, restarting, gone (interface errors too): the rows are lost, not the shop
                 logger.exception("clip_search: %d search log rows could not be written", len(rows))
-            finally:
-                close_old_connections()
         return len(rows)
 
     def _run(self) -> None:
         while True:
             self._wake.wait(self.FLUSH_SECONDS)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the thread must outlive anything one batch meets
+                logger.exception("clip_search: the search log writer failed a batch")
+            # The thread's own connection, as a request's is at its end: closed when too old or
+            # broken (a database restart), so the next batch reconnects.
+            close_old_connections()
 
 
 writer = Writer()
@@ -160,6 +165,17 @@ def record(results: models.QuerySet, request: HttpRequest | None = None,
         return None
     row = build(results, request=request, **options)
     row.save(force_insert=True)
+    return row.id
+
+
+def record_later(results: models.QuerySet, request: HttpRequest | None = None,
+                 **options: Any) -> uuid.UUID | None:
+    """``record()`` written by the writer thread (a page never waits for the INSERT): for the
+    id to name in events, which wait for the row when it is not written yet."""
+    if not enabled():
+        return None
+    row = build(results, request=request, **options)
+    save_later(row)
     return row.id
 
 

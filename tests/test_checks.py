@@ -13,6 +13,7 @@ from clip_search.checks import (
     check_registrations,
     check_routers,
     check_settings,
+    check_storefront_api,
 )
 from clip_search.registry import RegistrationError, registry
 from tests.conftest import require
@@ -99,3 +100,16 @@ def test_a_read_replica_router_without_clip_searchs_router_in_front_is_a_warning
     with override_settings(DATABASE_ROUTERS=["clip_search.routers.ReadYourWritesRouter", shop_router]):
         assert check_routers() == []
     assert check_routers() == []  # one database: nothing to say
+
+
+def test_a_storefront_facet_or_sort_naming_no_field_is_a_check_error(settings):
+    assert check_storefront_api() == []  # the demo's declarations
+    declared = settings.CLIP_SEARCH_API
+    settings.CLIP_SEARCH_API = {**declared, "FACETS": {"colour": {"field": "colour__name"}}}
+    (error,) = check_storefront_api()
+    assert error.id == "clip_search.E008" and "facet 'colour'" in error.msg and "'colour'" in error.msg
+    settings.CLIP_SEARCH_API = {**declared, "SORTS": {"cheap": {"order_by": ["-cost"]}}}
+    (error,) = check_storefront_api()
+    assert error.id == "clip_search.E008" and "SORTS']['cheap']" in error.msg and "'cost'" in error.msg
+    settings.CLIP_SEARCH_API = {**declared, "SORTS": {"cheap": {"label": "Cheap"}}}
+    assert ids(check_storefront_api()) == ["clip_search.E008"]

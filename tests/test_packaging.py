@@ -52,6 +52,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+import clip_search
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +111,8 @@ def test_the_wheel_carries_the_app_alone(dist):
                    "clip_search/templates/admin/clip_search/change_list.html"):
         assert needed in names
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"clip_search", "clip_search-0.1.0.dist-info"}, tops  # no shop_demo, tests, bench
+    # no shop_demo, tests, bench
+    assert tops == {"clip_search", f"clip_search-{clip_search.__version__}.dist-info"}, tops
 
 
 def test_the_sdist_is_the_source_release(dist):
@@ -223,7 +225,7 @@ def test_the_wheel_installs_into_a_new_project_as_the_readme_says(dist, tmp_path
     ours = [r for r in named if canonicalize_name(r.name) == "clip-search"]
     assert ours, f"README step 1 installs no clip-search: {requirements}"
     wheel_metadata = email.message_from_bytes(
-        zipfile.ZipFile(wheel).read("clip_search-0.1.0.dist-info/METADATA"))
+        zipfile.ZipFile(wheel).read(f"clip_search-{clip_search.__version__}.dist-info/METADATA"))
     asked = set().union(*(r.extras for r in ours))
     assert asked <= set(wheel_metadata.get_all("Provides-Extra")), asked
     roots = [(r, "README step 1") for r in named if r not in ours]

@@ -148,11 +148,12 @@ def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
 
     - When products have every word of the query, they show how near a relevant product's
       picture is to it: a product no text leg found must be at least as near as the median of
-      those (of the ones among the vector hits, when there are ``MEDIAN_OF`` or more: the median
-      of two is no estimate, and a query naming a brand, colour and kind that one product has
-      would drop the other brands' products of that colour and kind). "umbrella" then keeps a
-      picture CLIP finds more umbrella-like than most products titled umbrella, and drops the
-      hundred things merely nearer than the rest of the catalog.
+      those (of the ones among the vector hits, when there are ``MEDIAN_OF`` or more). "umbrella"
+      then keeps a picture CLIP finds more umbrella-like than most products titled umbrella, and
+      drops the hundred things merely nearer than the rest of the catalog. With fewer, a median
+      is no estimate: such a product must be within the relevance window of the farthest of them
+      (a query naming a brand, colour and kind that one product has keeps the other brands'
+      products of that colour and kind; a brand two products have does not bring in hats).
     - When no word matched any product's text, the vector leg answers alone (a SKU or a brand
       the keyword leg matched means nothing to CLIP): its hits must be nearer than what made-up
       words reach (the noise floor, ``calibration``), or a query that means nothing here would
@@ -165,9 +166,10 @@ def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
     conditions, params = [], []
     if "fulltext" in names:
         conditions.append(" OR ".join([*found_by_words, """vector_leg.distance <= COALESCE((
-            SELECT CASE WHEN count(*) >= %s THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY v.distance) END
+            SELECT CASE WHEN count(*) >= %s THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY v.distance)
+                        WHEN count(*) > 0 THEN max(v.distance) + %s END
             FROM vector_leg v JOIN fulltext_leg f USING (object_pk) WHERE NOT f.relaxed), 2)"""]))
-        params.append(MEDIAN_OF)
+        params += [MEDIAN_OF, float(query.window or 0.0)]
     if query.floor is not None and "fulltext" in names:
         # A SKU or a brand matched by the keyword leg means nothing to CLIP: only words found in
         # the products' text vouch that the query is about something the pictures can show.

@@ -154,6 +154,46 @@ def test_oscars_search_page_shows_hybrid_results_with_its_facets_sorting_and_pag
     assert exact.context["page"].object_list[0].object.pk == products["blue"].pk
 
 
+def test_oscars_search_page_logs_what_the_shopper_saw(shop, pictures, empty_search_log):
+    from clip_search import searchlog
+    from clip_search.models import SearchRecord
+
+    products = catalogue(shop, pictures)
+    response = Client().get("/search/", {"q": "linen shirt", "sort_by": "price-desc"})
+    searchlog.flush()
+    row = SearchRecord.objects.get(pk=response.context["search_id"])
+    shown = [str(item.object.pk) for item in response.context["page"].object_list]
+    assert row.query == "linen shirt" and row.results == shown and row.hits == 3
+    assert shown[0] == str(products["blue"].pk) and row.filters == {"sort": ["price-desc"]}
+    # A click on the first card, as the README's beacon sends it.
+    event = searchlog.add_event(row.pk, "click", products["blue"].pk, position=1)
+    assert event.search_id == row.pk
+
+
+def test_the_readmes_rest_facets_count_oscars_categories_types_and_prices(shop, pictures):
+    from django.core.checks import run_checks
+    from oscar.core.loading import get_model
+
+    products = catalogue(shop, pictures)
+
+    ProductCategory = get_model("catalogue", "ProductCategory")
+    for product in products.values():
+        ProductCategory.objects.get_or_create(product=product, category=shop["category"])
+    assert [m for m in run_checks() if m.id.startswith("clip_search.E")] == []
+    body = APIClient().get("/api/v1/search/", {"q": "linen shirt", "sort": "price", "highlight": 1}).json()
+    # Oscar's title is a method (a variant's falls back to its parent's): marked all the same.
+    marked = {hit["pk"]: hit["highlight"] for hit in body["results"]}
+    assert marked[products["red"].pk]["title"] == "Red <mark>linen</mark> <mark>shirt</mark>"
+    assert "category_names" in marked[products["red"].pk]
+    facets = {facet["name"]: {v["value"]: v["count"] for v in facet["values"]} for facet in body["facets"]}
+    assert facets["type"] == {"T-shirt": 2, "Book": 1}
+    assert facets["category"] == {shop["category"].slug: 3}
+    assert facets["price"] == {"-25": 2, "25-": 1}  # the blue shirt's stock record is at 45
+    assert [hit["pk"] for hit in body["results"]][-1] == products["blue"].pk  # sorted by price
+    narrowed = APIClient().get("/api/v1/search/", {"q": "linen shirt", "type": "Book"}).json()
+    assert [hit["pk"] for hit in narrowed["results"]] == [products["book"].pk]
+
+
 def test_oscars_dashboard_product_list_searches_by_hybrid_search(shop, pictures):
     products = catalogue(shop, pictures)
     client = Client()

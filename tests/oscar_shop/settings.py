@@ -91,7 +91,17 @@ CLIP_SEARCH = {
             "t-shirt", "mug", "sneaker", "backpack", "lamp", "chair", "watch", "hat", "bottle", "umbrella")],
     },
 }
-CLIP_SEARCH_API = {"MODEL": "catalogue.product"}
+# As the README's django-oscar section declares them.
+CLIP_SEARCH_API = {
+    "MODEL": "catalogue.product",
+    "FACETS": {
+        "category": {"field": "productcategory__category__slug",
+                     "label": "productcategory__category__name", "title": "Category"},
+        "type": {"field": "product_class__name", "title": "Product type"},
+        "price": {"field": "stockrecords__price", "title": "Price", "ranges": [[None, 25], [25, None]]},
+    },
+    "SORTS": {"price": {"label": "Price: low to high", "order_by": ["stockrecords__price"]}},
+}
 REST_FRAMEWORK = {"DEFAULT_THROTTLE_RATES": {"clip_search": "1000/min", "clip_search_image": "1000/min"}}
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")

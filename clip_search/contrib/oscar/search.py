@@ -12,6 +12,8 @@ sorting, facets and pagination stay as they are:
   the ranked products; facet values and prices come from Oscar's own ``ProductIndex``, so
   they are what Oscar's haystack index would hold.
 - ``ImageSearchView`` (``/search/image/``) searches by an uploaded picture, in Oscar's layout.
+- Both log their searches in clip_search's search log as the REST API does (the order the
+  shopper saw, the facets and sort chosen); the page's context names the row: ``search_id``.
 - ``HybridProductListView`` runs the dashboard's title box through hybrid search over the
   products the staff member may see (quarantined ones included, as in the admin), and lists
   what the words match, best first: it stays a filter.
@@ -20,6 +22,7 @@ sorting, facets and pagination stay as they are:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -31,6 +34,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.generic import FormView
 from oscar.core.loading import get_class
 
+from clip_search import searchlog
 from clip_search.imaging import ImageRejected
 from clip_search.registry import registry
 from clip_search.search import search
@@ -53,6 +57,7 @@ class HybridResults:
 
     # BaseSearchView asks the backend whether it can spell-check (we do not: no suggestion).
     query = SimpleNamespace(backend=SimpleNamespace(include_spelling=False))
+    search_id = None  # the search log's row, when logged
 
     def __init__(self, products: list[models.Model], facets: dict[str, Any]) -> None:
         self.items = [ResultItem(product) for product in products]
@@ -133,19 +138,28 @@ SORTS = {
 }
 
 
-def hybrid_results(query: str, selected: dict[str, list[str]], sort_by: str | None) -> HybridResults:
-    """Oscar's storefront set (the registration's queryset) searched, narrowed, sorted, counted."""
+def hybrid_results(query: str, selected: dict[str, list[str]], sort_by: str | None,
+                   request: Any = None) -> HybridResults:
+    """Oscar's storefront set (the registration's queryset) searched, narrowed, sorted, counted;
+    the search logged (``search_id``) when the query has words and the log is on."""
     from django.conf import settings
 
+    started = time.perf_counter()
     registration = registry.get(LABEL)
-    products = list(search(registration.get_queryset(), text=query)) if query.strip() else []
+    results = search(registration.get_queryset(), text=query) if query.strip() else None
+    products = list(results) if results is not None else []
     index = _index()
     values = {product.pk: facet_values(product, index) for product in products}
     narrowed = narrow(products, values, selected)
     if sort_by in SORTS:
         key, reverse = SORTS[sort_by]
         narrowed.sort(key=lambda product: key(product, values[product.pk]), reverse=reverse)
-    return HybridResults(narrowed, count_facets(narrowed, values, settings.OSCAR_SEARCH_FACETS))
+    hybrid = HybridResults(narrowed, count_facets(narrowed, values, settings.OSCAR_SEARCH_FACETS))
+    if results is not None:
+        filters = {**selected, **({"sort": [sort_by]} if sort_by else {})}
+        hybrid.search_id = searchlog.record_later(results, request, filters=filters,
+                                                  shown=[p.pk for p in narrowed], started=started)
+    return hybrid
 
 
 class HybridSearchView(get_class("search.views", "FacetedSearchView")):
@@ -154,9 +168,10 @@ class HybridSearchView(get_class("search.views", "FacetedSearchView")):
     def form_valid(self, form):
         query = form.cleaned_data.get(self.search_field) or ""
         selected, sort_by = dict(form.selected_multi_facets), form.cleaned_data.get("sort_by")
-        self.queryset = hybrid_results(query, selected, sort_by)
+        self.queryset = hybrid_results(query, selected, sort_by, self.request)
         context = self.get_context_data(**{self.form_name: form, "query": query,
-                                           "object_list": self.queryset})
+                                           "object_list": self.queryset,
+                                           "search_id": getattr(self.queryset, "search_id", None)})
         return self.render_to_response(context)
 
 
@@ -202,9 +217,11 @@ class ImageSearchView(FormView):
 
     def form_valid(self, form: PictureForm):
         registration = registry.get(LABEL)
+        started = time.perf_counter()
         try:
-            products = list(search(registration.get_queryset(), image=form.cleaned_data["image"],
-                                   text=form.cleaned_data["q"] or None, limit=self.limit))
+            results = search(registration.get_queryset(), image=form.cleaned_data["image"],
+                             text=form.cleaned_data["q"] or None, limit=self.limit)
+            products = list(results)
         except ImageRejected as error:
             form.add_error("image", error.message)
             return self.form_invalid(form)
@@ -212,4 +229,7 @@ class ImageSearchView(FormView):
             logger.exception("clip_search: image search failed")
             form.add_error(None, _("Search by picture is unavailable right now; please search by words."))
             return self.form_invalid(form)
-        return self.render_to_response(self.get_context_data(form=form, products=products, searched=True))
+        search_id = searchlog.record_later(results, self.request, kind=searchlog.SearchRecord.Kind.IMAGE,
+                                           started=started)
+        return self.render_to_response(self.get_context_data(form=form, products=products, searched=True,
+                                                             search_id=search_id))
