@@ -104,6 +104,7 @@ class Writer:
     def __init__(self) -> None:
         self._rows: list[SearchRecord] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one batch at a time: flush() returns once written
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,15 +122,17 @@ class Writer:
             return any(str(row.id) == str(search_id) for row in self._rows)
 
     def flush(self) -> int:
-        """Insert what is waiting, now (tests, an event naming a row not yet written, exit)."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if rows:
-            try:
-                SearchRecord.objects.bulk_create(rows)
-            except db.Error:  # down, restarting, gone (interface errors too): the rows are lost, not the shop
-                logger.exception("clip_search: %d search log rows could not be written", len(rows))
-        return len(rows)
+        """Insert what is waiting, now (tests, an event naming a row not yet written, exit).
+        A batch the thread is writing meanwhile is written when this returns, too."""
+        with self._writing:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if rows:
+                try:
+                    SearchRecord.objects.bulk_create(rows)
+                except db.Error:  # down, restarting, gone (interface errors too): lost, not the shop
+                    logger.exception("clip_search: %d search log rows could not be written", len(rows))
+            return len(rows)
 
     def _run(self) -> None:
         while True:

@@ -136,12 +136,17 @@ def assert_not_blank(png_path) -> None:
     assert colours is None or len(colours) > 50, f"{png_path} looks blank ({len(colours)} colours)"
 
 
-@pytest.fixture
-def empty_search_log(db):
-    """The test starts from an empty search log: searches other tests sent through the API may
-    have been written by the log's writer thread on a connection of its own (committed)."""
+def empty_the_search_log() -> None:
+    """Searches other tests sent through the API were written by the log's writer thread on a
+    connection of its own (committed): write what is waiting, then delete them all."""
     from clip_search import searchlog
     from clip_search.models import SearchRecord
 
     searchlog.flush()
     SearchRecord.objects.all().delete()
+
+
+@pytest.fixture
+def empty_search_log(db):
+    """The test starts from an empty search log (``empty_the_search_log``)."""
+    empty_the_search_log()

@@ -28,7 +28,7 @@ from clip_search.models import SearchEvent, SearchRecord
 from shop_demo.catalog import shoppers
 from shop_demo.catalog.generator import generate_catalog
 from tests.catalog import embedded_catalog
-from tests.conftest import assert_not_blank
+from tests.conftest import assert_not_blank, empty_the_search_log
 
 # django_db: the session then sets up the test database (pytest-django sets up only the databases
 # its collected tests ask for; without this mark, run alone, the module would use the real one).
@@ -729,6 +729,7 @@ def simulated_log(shop_url, django_db_blocker) -> Iterator[list[shoppers.Search]
     live server wrote them; deleted afterwards."""
     cache.clear()
     with django_db_blocker.unblock():
+        empty_the_search_log()  # the page's top queries are these shoppers' only
         searches = shoppers.simulate(lambda n: shoppers.HttpShop(shop_url, shoppers.user_agent(n)),
                                      shoppers=24, seed=8, days=14)
         assert shoppers.backdate(searches) == len(searches)

@@ -153,7 +153,8 @@ def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
       drops the hundred things merely nearer than the rest of the catalog. With fewer, a median
       is no estimate: such a product must be within the relevance window of the farthest of them
       (a query naming a brand, colour and kind that one product has keeps the other brands'
-      products of that colour and kind; a brand two products have does not bring in hats).
+      products of that colour and kind; a brand two products have does not bring in hats), and
+      without a window (not calibrated, or turned off) there is no bound.
     - When no word matched any product's text, the vector leg answers alone (a SKU or a brand
       the keyword leg matched means nothing to CLIP): its hits must be nearer than what made-up
       words reach (the noise floor, ``calibration``), or a query that means nothing here would
@@ -165,11 +166,13 @@ def _relevant(query: FusedQuery, names: list[str]) -> tuple[str, list]:
     found_by_words = [f"{name}_leg.rank IS NOT NULL" for name in text_legs]
     conditions, params = [], []
     if "fulltext" in names:
-        conditions.append(" OR ".join([*found_by_words, """vector_leg.distance <= COALESCE((
+        # Without a window (not calibrated yet, or turned off) fewer matches set no bound.
+        anchored = "WHEN count(*) > 0 THEN max(v.distance) + %s" if query.window is not None else ""
+        conditions.append(" OR ".join([*found_by_words, f"""vector_leg.distance <= COALESCE((
             SELECT CASE WHEN count(*) >= %s THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY v.distance)
-                        WHEN count(*) > 0 THEN max(v.distance) + %s END
+                        {anchored} END
             FROM vector_leg v JOIN fulltext_leg f USING (object_pk) WHERE NOT f.relaxed), 2)"""]))
-        params += [MEDIAN_OF, float(query.window or 0.0)]
+        params += [MEDIAN_OF, *([float(query.window)] if query.window is not None else [])]
     if query.floor is not None and "fulltext" in names:
         # A SKU or a brand matched by the keyword leg means nothing to CLIP: only words found in
         # the products' text vouch that the query is about something the pictures can show.

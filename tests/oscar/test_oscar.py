@@ -154,6 +154,7 @@ def test_oscars_search_page_shows_hybrid_results_with_its_facets_sorting_and_pag
     assert exact.context["page"].object_list[0].object.pk == products["blue"].pk
 
 
+@pytest.mark.django_db(transaction=True)  # the log's writer thread reads committed rows (the encoder)
 def test_oscars_search_page_logs_what_the_shopper_saw(shop, pictures, empty_search_log):
     from clip_search import searchlog
     from clip_search.models import SearchRecord
