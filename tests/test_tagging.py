@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from collections import Counter
 
 import numpy as np
@@ -355,14 +356,19 @@ def test_the_embed_task_suggests_tags_when_asked(catalog, db, settings, after_em
 def test_clip_tag_tags_the_catalog_and_resumes_with_missing(catalog, db, tag_settings):
     out = io.StringIO()
     call_command("clip_tag", "--sets", "colour", "--batch-size", "200", stdout=out, stderr=io.StringIO())
-    assert f"catalog.product: {CATALOG_SIZE} scored, {CATALOG_SIZE} suggestions stored" in out.getvalue()
-    assert ProductTag.objects.filter(label_set="colour").count() == CATALOG_SIZE
+    # Every product scored; a suggestion for those whose best colour reaches MIN_CONFIDENCE (all
+    # but a few: how many depends on the demo model this machine trained).
+    scored, stored = map(int, re.search(r"catalog.product: (\d+) scored, (\d+) suggestions stored",
+                                        out.getvalue()).groups())
+    assert scored == CATALOG_SIZE and stored >= 0.98 * CATALOG_SIZE, out.getvalue()
+    assert ProductTag.objects.filter(label_set="colour").count() == stored
     assert not ProductTag.objects.filter(label_set="category").exists()
     # A killed run resumes: --missing scores only the products without a tag from this encoder ...
-    ProductTag.objects.filter(object_pk__in=[str(p.pk) for _, p in catalog[:7]]).delete()
+    tagged = list(ProductTag.objects.filter(label_set="colour").values_list("object_pk", flat=True)[:7])
+    ProductTag.objects.filter(object_pk__in=tagged).delete()
     out = io.StringIO()
     call_command("clip_tag", "--missing", "--sets", "colour", stdout=out, stderr=io.StringIO())
-    assert "catalog.product: 7 scored, 7 suggestions stored" in out.getvalue()
+    assert f"catalog.product: {7 + CATALOG_SIZE - stored} scored, 7 suggestions stored" in out.getvalue()
     # ... in each set: one added since is missing everywhere.
     out = io.StringIO()
     call_command("clip_tag", "--missing", stdout=out, stderr=io.StringIO())
