@@ -18,6 +18,9 @@ Backends (``backend=``), all measured against stock ``encode_text`` in
   fp32, or int8 with ``quantize=True`` (the fastest path for single queries on a CPU);
   ``threads`` sets that session's intra-op threads without touching torch's (default 2, or
   1 on a single-core machine: measured fastest for one query, see bench/README.md).
+  A web process whose graph was cached (``graph_cache``, ``manage.py clip_onnx``) runs
+  ``graph_text.GraphTextEncoder`` instead, without torch; that covers the causal CLIP family
+  only (SigLIP and Hugging Face towers stay here).
 """
 
 from __future__ import annotations
