@@ -40,6 +40,7 @@ named ``test_clip_search_scale_<pid>`` so it never collides with a test run's ``
    hundreds of queries).
 5. Memory of a fresh process that loads only the text tower (``get_text_encoder``) and answers a
    query, per backend, against one that loads both towers; the image tower must be absent.
+   (A web process reading a prebuilt ONNX graph loads no torch at all: ``bench/web_memory.py``.)
 
 PostgreSQL runs with ``--shared-buffers`` (default 2 GB: the embedded server is restarted with
 it and reset after the run; a ``DATABASE_URL`` server is left as it is), and after a CHECKPOINT
@@ -810,7 +811,7 @@ def query_encoder(encoder, threads: int | None = None):
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
     try:
-        with mock.patch.object(encoders, "get_text_encoder", lambda spec=None: encoder):
+        with mock.patch.object(encoders, "get_text_encoder", lambda spec=None, fingerprint=None: encoder):
             yield
     finally:
         torch.set_num_threads(default)
@@ -1286,7 +1287,11 @@ def probe_memory(kind: str) -> None:
     import django
     from django.conf import settings
 
-    text_encoder = ONNX_INT8 if kind == "onnx" else {"BACKEND": "torch", "QUANTIZE": False}
+    # A fresh graph cache: this measures a process that loads the model in torch (and builds the
+    # graph); bench/web_memory.py measures the one that reads a cached graph without torch.
+    graphs = tempfile.mkdtemp(prefix="clip-search-graphs-")
+    text_encoder = ({**ONNX_INT8, "GRAPH_CACHE": graphs} if kind == "onnx"
+                    else {"BACKEND": "torch", "QUANTIZE": False})
     settings.configure(USE_I18N=False, INSTALLED_APPS=[], CLIP_SEARCH={
         "MODEL": "ViT-B-32", "PRETRAINED": "random", "TEXT_ENCODER": text_encoder})
     django.setup()
@@ -1305,6 +1310,7 @@ def probe_memory(kind: str) -> None:
     figures.update(visual_loaded=model.visual is not None, towers=encoder.clip.towers,
                    backend=f"{encoder.backend}{' int8' if encoder.quantized else ''}",
                    parameters=sum(p.numel() for p in model.parameters()))
+    shutil.rmtree(graphs, ignore_errors=True)
     print(json.dumps(figures))
 
 

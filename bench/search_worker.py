@@ -106,7 +106,10 @@ def main() -> None:
             encoder_now = onnx if request.get("vector") is None else given
             given.vector = request.get("vector")
             encoder_now.cache_clear()
-            with mock.patch.object(encoders, "get_text_encoder", lambda spec=None, e=encoder_now: e):
+            def current(spec=None, fingerprint=None, e=encoder_now):
+                return e
+
+            with mock.patch.object(encoders, "get_text_encoder", current):
                 if request["op"] == "search":
                     queryset = Product.objects.filter(**request.get("filter", {}))
                     started = time.perf_counter()

@@ -78,7 +78,7 @@ def calibrate(encoder: EncoderModel | None = None) -> Calibration | None:
     objects = indexed.count()
     if not objects:
         return None
-    text_encoder = get_text_encoder(spec_for(encoder))
+    text_encoder = get_text_encoder(spec_for(encoder), encoder.fingerprint)
     noise = made_up_words(options["NOISE_QUERIES"], seed=encoder.pk)
     noise_best = _best_similarities(encoder, text_encoder.encode(noise))
     titles, own = _titles(encoder, options["TITLE_QUERIES"])

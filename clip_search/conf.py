@@ -9,6 +9,7 @@ a system check error so a typo is reported by ``manage.py check``, not by an imp
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
         "QUANTIZE": False,  # int8 dynamic quantisation of the text transformer
         "CACHE_SIZE": 2048,  # LRU entries of query embeddings per process
         "THREADS": None,  # ONNX Runtime session threads; None = min(2, cores)
+        # Where the onnx backend keeps built text graphs (manage.py clip_onnx), so that web
+        # processes answer queries without torch; None = $XDG_CACHE_HOME/clip_search/onnx-text.
+        "GRAPH_CACHE": None,
     },
     "IMAGE_ENCODER": {
         "BACKEND": "torch",  # torch | onnx
@@ -190,6 +194,8 @@ def validate(values: dict[str, Any]) -> None:
     text = values["TEXT_ENCODER"]
     _require(isinstance(text["CACHE_SIZE"], int) and text["CACHE_SIZE"] >= 0,
              "['TEXT_ENCODER']['CACHE_SIZE'] must be an int >= 0.")
+    _require(text["GRAPH_CACHE"] is None or isinstance(text["GRAPH_CACHE"], (str, os.PathLike)),
+             "['TEXT_ENCODER']['GRAPH_CACHE'] must be None or a folder path.")
     image = values["IMAGE"]
     for key in ("MAX_BYTES", "MAX_PIXELS"):
         _require(isinstance(image[key], int) and image[key] > 0,

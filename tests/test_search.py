@@ -251,7 +251,7 @@ def test_hybrid_beats_every_single_leg_on_brand_plus_visual_queries(searchable, 
 
 def test_a_repeated_query_is_answered_from_the_query_cache(searchable, caplog, monkeypatch):
     from clip_search import encoders
-    from clip_search.encoders import text as text_module
+    from clip_search.encoders import query_cache as text_module
     from clip_search.indexing import spec_for
 
     encoders.reset()

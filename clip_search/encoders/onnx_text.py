@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clip_search.encoders.graph_cache import ort_session as _session
+
 MS_DOMAIN = "com.microsoft"
 
 
@@ -284,22 +286,6 @@ def build_text_graph(model: torch.nn.Module, *, quantize: bool, causal: bool = T
     )
 
 
-def _session(graph: bytes, threads: int):
-    try:
-        import onnxruntime as ort
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise ImportError("The ONNX encoder backend needs `pip install onnxruntime onnx`.") from error
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Pool threads spin briefly between operators (ORT's default): with 2 threads a query
-    # takes ~7 ms instead of ~10 ms when they have to be woken for each of its ~75 operators.
-    options.log_severity_level = 3
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
 class OnnxTransformer(torch.nn.Module):
     """Drop-in for an open_clip ``Transformer`` (``forward(x, attn_mask=None)``, ``x`` (N, L, D)
     whatever the blocks' internal layout, as in open_clip ≥ 2.24) that runs its blocks in one
@@ -333,17 +319,20 @@ class OnnxTextTower:
 
     ``model``: what holds the tower's parts (the CLIP model, or a ``CustomTextCLIP``'s ``text``).
     ``threads``: intra-op threads of this session only (torch's setting is left alone).
+    ``keep_graph``: keep the serialized graph in ``graph`` for the graph cache.
     """
 
     def __init__(self, model: torch.nn.Module, *, quantize: bool = True, causal: bool = True,
-                 threads: int = 1, weights: str = "s7") -> None:
+                 threads: int = 1, weights: str = "s7", keep_graph: bool = False) -> None:
         embedding = getattr(model, "token_embedding", None)
         positions = getattr(model, "positional_embedding", None)
         if not isinstance(embedding, torch.nn.Embedding) or positions is None:
             raise UnsupportedTextTower("the text tower has no token / positional embedding")
-        self.quantized, self.threads = bool(quantize), threads
-        self._session = _session(build_text_graph(model, quantize=quantize, causal=causal, weights=weights),
-                                 threads)
+        self.quantized, self.threads, self.weights = bool(quantize), threads, weights
+        graph = build_text_graph(model, quantize=quantize, causal=causal, weights=weights)
+        self._session = _session(graph, threads)
+        # The serialized graph, kept only to be written to the graph cache (``graph_cache.store``).
+        self.graph: bytes | None = graph if keep_graph else None
         self._embedding = _numpy(embedding.weight)
         self._positions = _numpy(positions)
 

@@ -18,37 +18,40 @@ Backends (``backend=``), all measured against stock ``encode_text`` in
   fp32, or int8 with ``quantize=True`` (the fastest path for single queries on a CPU);
   ``threads`` sets that session's intra-op threads without touching torch's (default 2, or
   1 on a single-core machine: measured fastest for one query, see bench/README.md).
+  A web process whose graph was cached (``graph_cache``, ``manage.py clip_onnx``) runs
+  ``graph_text.GraphTextEncoder`` instead, without torch; that covers the causal CLIP family
+  only (SigLIP and Hugging Face towers stay here).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from clip_search.encoders.loader import LoadedClip
+from clip_search.encoders.query_cache import CACHE_LOG_EVERY, CacheInfo, QueryCache, warn_truncated
 from clip_search.encoders.text_tower import HF, describe
 
 logger = logging.getLogger(__name__)
 
 
+__all__ = ["BACKENDS", "CACHE_LOG_EVERY", "CacheInfo", "TextEncoder", "quantized_transformer"]
+
 BACKENDS = ("torch", "onnx")
 
 
-class TextEncoder:
+class TextEncoder(QueryCache):
     """``tower``: the model's text tower and which shortcut is exact for it (``text_tower``). A
     backend or ``quantize`` the tower does not support falls back to the exact path, with the
     reason in the log; ``backend`` and ``quantized`` then say what runs."""
 
     def __init__(self, clip: LoadedClip, *, quantize: bool = False, cache_size: int = 2048,
-                 backend: str = "torch", threads: int | None = None) -> None:
+                 backend: str = "torch", threads: int | None = None, keep_graph: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown text encoder backend {backend!r}: use one of {BACKENDS}.")
         self.clip = clip
@@ -62,17 +65,14 @@ class TextEncoder:
         self.backend = backend
         self._onnx = None
         if backend == "onnx":
-            self._onnx = self._onnx_tower(quantize, threads)
+            self._onnx = self._onnx_tower(quantize, threads, keep_graph)
             if self._onnx is None:
                 self.backend = "torch"
         if self.tower.rebuilt:
             transformer = self.tower.module.transformer
             self._transformer = quantized_transformer(transformer, causal=self.tower.causal) if (
                 self.backend == "torch" and quantize) else transformer
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._init_cache(cache_size)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids, at most ``context_length`` each; longer text is cut with a warning."""
@@ -83,9 +83,7 @@ class TextEncoder:
         else:
             pad = _pad_id(tokenizer)
             cut = [int(row[-1]) not in (0, pad) for row in tokens]
-        for text, truncated in zip(texts, cut, strict=True):
-            if truncated:
-                logger.warning("Query truncated to %d tokens: %.60s…", self.context_length, text)
+        warn_truncated(texts, cut, self.context_length)
         return tokens
 
     @torch.inference_mode()
@@ -102,12 +100,12 @@ class TextEncoder:
             features = self.clip.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1).numpy()
 
-    def _onnx_tower(self, quantize: bool, threads: int | None):
+    def _onnx_tower(self, quantize: bool, threads: int | None, keep_graph: bool = False):
         from clip_search.encoders.onnx_text import OnnxTextTower, UnsupportedTextTower
 
         try:
             return OnnxTextTower(self.tower.module, quantize=quantize, causal=self.tower.causal,
-                                 threads=threads or min(2, os.cpu_count() or 1))
+                                 threads=threads or min(2, os.cpu_count() or 1), keep_graph=keep_graph)
         except UnsupportedTextTower as error:
             logger.warning("ONNX text backend cannot rebuild this text tower (%s); using torch.", error)
             return None
@@ -133,54 +131,6 @@ class TextEncoder:
         if isinstance(projection, torch.nn.Module):
             return projection(x)
         return x @ projection
-
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query's vector, cached: the same words cost a dict look-up the second time.
-        Every ``CACHE_LOG_EVERY`` queries the hit rate goes to the log (``cache_info()``)."""
-        key = " ".join(text.split()).lower()
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                self._log_rate()
-                return cached
-            self.misses += 1
-            self._log_rate()
-        vector = self.encode([key])[0]
-        vector.setflags(write=False)
-        if self._cache_size:
-            with self._lock:
-                self._cache[key] = vector
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return vector
-
-    def cache_clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
-    def cache_info(self) -> CacheInfo:
-        """Hits, misses and entries of this process's query cache, like ``functools.lru_cache``'s."""
-        with self._lock:
-            return CacheInfo(self.hits, self.misses, self._cache_size, len(self._cache))
-
-    def _log_rate(self) -> None:
-        queries = self.hits + self.misses
-        if queries % CACHE_LOG_EVERY == 0:
-            logger.info("clip_search query cache: %.0f %% hits over %d queries (%d of %d entries used)",
-                        100 * self.hits / queries, queries, len(self._cache), self._cache_size)
-
-
-# How often (in queries) a process logs its query cache's hit rate.
-CACHE_LOG_EVERY = 1000
-
-
-class CacheInfo(NamedTuple):
-    hits: int
-    misses: int
-    maxsize: int
-    currsize: int
 
 
 class FusedBlock(torch.nn.Module):

@@ -127,7 +127,7 @@ def _text_encoder(encoder: EncoderModel):
     from clip_search.encoders import get_text_encoder
     from clip_search.indexing import spec_for
 
-    text_encoder = get_text_encoder(spec_for(encoder))
+    text_encoder = get_text_encoder(spec_for(encoder), encoder.fingerprint)
     if text_encoder.clip.fingerprint != encoder.fingerprint:
         raise RuntimeError(f"the weights of {encoder.name!r} changed since they were indexed")
     return text_encoder
