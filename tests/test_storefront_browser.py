@@ -24,6 +24,7 @@ from django.db import connection, connections
 from django.test.testcases import LiveServerThread
 from playwright.sync_api import Page, Route, expect
 
+from clip_search import searchlog
 from clip_search.models import SearchEvent, SearchRecord
 from shop_demo.catalog import shoppers
 from shop_demo.catalog.generator import generate_catalog
@@ -639,6 +640,7 @@ def test_opening_and_adding_the_second_result_are_logged_with_its_search_and_pos
         sent = event_requests(page)
         answer = search_for(page, "greystone")
         search_id, second = answer["search_id"], answer["results"][1]
+        searchlog.flush()  # the live server's writer thread would write the row a moment later
         assert search_id and SearchRecord.objects.filter(pk=search_id).exists()
         card = page.locator("#grid .card").nth(1)
         assert card.get_attribute("data-pk") == str(second["id"])
