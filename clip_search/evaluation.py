@@ -199,13 +199,22 @@ def compare(active: Result, candidate: Result, *, leg: str = "fused", name: str 
     return Comparison(leg, name, active.mean(leg, name), candidate.mean(leg, name), low, high)
 
 
-def gate(candidate: EncoderModel, queryset: models.QuerySet, *, held_out: float = 0.2) -> Comparison:
-    """The candidate against the active model on the latest ``held_out`` share of the logged
-    searches with clicks (fused nDCG@10): what ``clip_reindex --activate-if-better`` decides on.
-    ValueError when the log has no such search."""
-    _earlier, judged = split_by_time(from_log(), held_out)
-    if not judged:
-        raise ValueError("The search log has no searches with clicks to judge the models on.")
+def gate(candidate: EncoderModel, queryset: models.QuerySet, *, held_out: float = 0.2,
+         judged: list[Judged] | None = None) -> Comparison:
+    """The candidate against the active model (fused nDCG@10): what ``clip_reindex
+    --activate-if-better`` decides on. On ``judged`` queries when given (a judged file), else on
+    the latest ``held_out`` share of the logged searches with clicks. ValueError when there is
+    nothing to judge on.
+
+    Clicks judge only what the active model showed: a candidate that ranks other relevant
+    products first is judged worse than it is (bench/learning_loop.py: −0.056 on held-out clicks
+    for a model +0.202 better on the shoppers' true intents). A judged file has no such bias."""
+    if judged is None:
+        _earlier, judged = split_by_time(from_log(), held_out)
+        if not judged:
+            raise ValueError("The search log has no searches with clicks to judge the models on.")
+    elif not judged:
+        raise ValueError("The judged file has no queries.")
     active = EncoderModel.objects.get(is_active=True)
     return compare(evaluate(judged, queryset, encoder=active, legs=("fused",)),
                    evaluate(judged, queryset, encoder=candidate, legs=("fused",)))

@@ -5,6 +5,7 @@ the candidate is better on held-out clicks."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from datetime import timedelta
 
@@ -165,4 +166,26 @@ def test_a_worse_model_is_refused_and_a_better_one_activated(catalog, db, untrai
     call_command("clip_reindex", "--model", f"local-dir:{demo_model_dir}", "--activate-if-better",
                  "--held-out", "0.5")
     assert "The candidate is better" in capsys.readouterr().out
+    assert EncoderModel.objects.get(is_active=True) == active
+
+
+def test_the_gate_judges_on_a_judged_file_when_given(catalog, db, untrained_model, tmp_path,
+                                                     empty_search_log):
+    """No click in the log: the judged file alone decides (every product of a colour is relevant
+    to the colour's name, the truth the generator drew)."""
+    judged = tmp_path / "colours.jsonl"
+    colours = sorted({spec.colour for spec, _product in catalog})
+    judged.write_text("".join(json.dumps({"q": colour, "rel": {str(p.pk): 1 for s, p in catalog
+                                                              if s.colour == colour}}) + "\n"
+                              for colour in colours))
+    active = EncoderModel.objects.get(is_active=True)
+    with pytest.raises(CommandError, match="no searches with clicks"):  # the default: held-out clicks
+        call_command("clip_reindex", "--model", f"local-dir:{untrained_model}", "--activate-if-better",
+                     stdout=io.StringIO(), stderr=io.StringIO())
+    with pytest.raises(CommandError, match="not better") as refused:
+        call_command("clip_reindex", "--model", f"local-dir:{untrained_model}", "--activate-if-better",
+                     "--judged", str(judged), stdout=io.StringIO(), stderr=io.StringIO())
+    figures = evaluation.evaluate(evaluation.from_jsonl(judged), registry.get(Product).get_queryset(),
+                                  encoder=active, legs=("fused",))
+    assert f"active {figures.mean('fused', 'ndcg@10'):.3f}" in str(refused.value)
     assert EncoderModel.objects.get(is_active=True) == active

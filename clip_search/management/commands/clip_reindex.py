@@ -40,6 +40,10 @@ class Command(BaseCommand):
         parser.add_argument("--held-out", type=float, default=0.2,
                             help="--activate-if-better: the latest share of the logged searches with clicks "
                                  "the models are judged on (default 0.2, as clip_train --source clicks).")
+        parser.add_argument("--judged", metavar="FILE",
+                            help="--activate-if-better: judge the models on this file of judged queries "
+                                 "(clip_eval's JSONL) instead of held-out clicks, which favour the "
+                                 "active model (they only judge what it showed).")
         parser.add_argument("--timeout", type=float, default=None, help="--async: give up after N s.")
         parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                             help="Do not measure the encoder's relevance floor afterwards (clip_calibrate "
@@ -68,7 +72,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  failed {registration.label} pk={pk}: {reason}")
             failed += summary.counts["failed"]
         if options["activate_if_better"] and not encoder.is_active:
-            options["activate"] = self.judge(encoder, registrations, options["held_out"])
+            options["activate"] = self.judge(encoder, registrations, options["held_out"], options["judged"])
         if options["activate"]:
             try:
                 bulk.activate(encoder, registrations)
@@ -82,13 +86,19 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{failed} objects failed; their rows keep the reason (status 'error').")
 
-    def judge(self, encoder, registrations, held_out: float) -> bool:
+    def judge(self, encoder, registrations, held_out: float, judged_file: str | None) -> bool:
         """Calibrate the candidate as it would be once active, compare it with the active encoder
-        on held-out clicks; True if it is better, CommandError with the figures if not."""
+        on held-out clicks (or a judged file); True if it is better, CommandError with the
+        figures if not."""
         calibrate(encoder)
+        # Calibration and the writer store the floor, window and images per product with
+        # queryset updates: the candidate is searched as the database now describes it.
+        encoder.refresh_from_db()
         try:
-            comparison = evaluation.gate(encoder, registrations[0].get_queryset(), held_out=held_out)
-        except ValueError as error:
+            judged = evaluation.from_jsonl(judged_file) if judged_file else None
+            comparison = evaluation.gate(encoder, registrations[0].get_queryset(), held_out=held_out,
+                                         judged=judged)
+        except (ValueError, OSError) as error:
             raise CommandError(f"Not activated: {error}") from error
         if not comparison.better:
             raise CommandError(f"Not activated, the candidate is not better: {comparison}")
