@@ -234,3 +234,56 @@ def test_the_command_runs_shoppers_in_process_and_prints_a_summary(catalog, db):
     assert "| intent: colour + category |" in text
     oldest = SearchRecord.objects.order_by("created_at").first().created_at
     assert oldest < timezone.now() - timedelta(days=1)  # backdated
+
+
+# --------------------------------------------------------------------------- synonyms from clicks
+
+
+def test_the_log_suggests_what_shopper_only_words_mean(shop_for, capsys):
+    from django.contrib.contenttypes.models import ContentType
+
+    from clip_search import click_synonyms, searchlog
+    from clip_search.analytics import Period
+    from clip_search.models import EncoderModel
+    from shop_demo.catalog.generator import nouns
+    from shop_demo.catalog.models import Product
+
+    shoppers.simulate(shop_for, shoppers=400, seed=21, now=timezone.now())
+    searchlog.flush()
+    found = click_synonyms.candidates(Period.last(1), ContentType.objects.get_for_model(Product),
+                                      EncoderModel.objects.get(is_active=True))
+
+    def right(candidate) -> bool:
+        meaning = SHOPPER_WORDS.get(candidate.word)
+        if meaning in COLOURS:
+            return candidate.means == meaning
+        return meaning is not None and (candidate.means.removesuffix("s") in (meaning, *nouns(meaning))
+                                        or candidate.means in CATEGORY_LABELS[meaning].lower().split())
+
+    with capsys.disabled():
+        print("\nsuggested from clicks:", ", ".join(f"{c.line} ({c.sessions} shoppers, {c.share:.0%})"
+                                                    for c in found))
+    assert len(found) >= 5, found
+    assert sum(map(right, found)) >= 0.8 * len(found), found
+    assert all(c.sessions >= 5 and c.share >= 0.5 and c.lift >= 3 for c in found)
+    out = io.StringIO()
+    call_command("clip_synonyms", "--suggest", "--days", "1", stdout=out)
+    assert found[0].line in out.getvalue()
+
+    # Staff add one from the analytics page: a one-way set, no longer suggested.
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from clip_search.models import Synonym
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("synonyms", "s@example.com", "x"))
+    page = client.get("/admin/clip_search/searchrecord/analytics/").content.decode()
+    assert f"<td>{found[0].word}</td><td>{found[0].means}</td>" in page
+    response = client.post("/admin/clip_search/searchrecord/analytics/synonym/",
+                           {"word": found[0].word, "means": found[0].means})
+    assert response.status_code == 302
+    added = Synonym.objects.get()
+    assert (added.terms, added.synonyms) == ([found[0].word], [found[0].means])
+    again = client.get("/admin/clip_search/searchrecord/analytics/").content.decode()
+    assert "Added the synonym set" in again and f"<td>{found[0].word}</td>" not in again

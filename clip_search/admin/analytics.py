@@ -58,7 +58,30 @@ class SearchRecordAdmin(ReadOnlyAdmin):
     def get_urls(self) -> list:
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [path("analytics/", self.admin_site.admin_view(self.analytics_view), name=f"{name}_analytics"),
+                path("analytics/synonym/", self.admin_site.admin_view(self.add_synonym_view),
+                     name=f"{name}_add_synonym"),
                 *super().get_urls()]
+
+    def add_synonym_view(self, request: HttpRequest) -> HttpResponse:
+        """A suggestion of the analytics page made a one-way synonym set (POST, add_synonym)."""
+        from django.contrib import messages
+        from django.shortcuts import redirect
+
+        from clip_search.models import Synonym
+        from clip_search.synonyms import SynonymFileError, parse_line
+
+        if request.method != "POST" or not request.user.has_perm("clip_search.add_synonym"):
+            raise PermissionDenied
+        try:
+            line = parse_line(f"{request.POST.get('word', '')} => {request.POST.get('means', '')}")
+        except SynonymFileError as error:
+            messages.error(request, str(error))
+        else:
+            Synonym.objects.create(terms=list(line.terms), synonyms=list(line.synonyms),
+                                   note=str(_("suggested by clicks")))
+            messages.success(request, _("Added the synonym set “%(line)s”.") % {
+                "line": f"{', '.join(line.terms)} => {', '.join(line.synonyms)}"})
+        return redirect("admin:clip_search_searchrecord_analytics")
 
     def analytics_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
@@ -72,7 +95,8 @@ class SearchRecordAdmin(ReadOnlyAdmin):
         context = {
             **self.admin_site.each_context(request), "opts": self.opts, "title": _("Search analytics"),
             "period": period, "errors": errors, "summary": analytics.summary(period),
-            "top": top, "zero": zero, "legs": legs,
+            "top": top, "zero": zero, "legs": legs, "suggested": _suggested(period),
+            "can_add_synonym": request.user.has_perm("clip_search.add_synonym"),
             "top_chart": bars([(row.query, row.searches) for row in top[:10]], title=str(_("Top queries"))),
             "zero_chart": bars([(row.query, row.searches) for row in zero[:10]],
                                title=str(_("Queries that found nothing"))),
@@ -100,3 +124,18 @@ def _period(request: HttpRequest) -> tuple[analytics.Period, list[str]]:
         errors.append(str(_("The period starts after it ends.")))
         return default, errors
     return analytics.Period(bounds["from"], bounds["to"]), errors
+
+
+def _suggested(period: analytics.Period) -> list:
+    """The synonym sets the period's clicks suggest, per registered model (click_synonyms)."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from clip_search.click_synonyms import candidates
+    from clip_search.indexing import active_encoder
+    from clip_search.registry import registry
+
+    encoder = active_encoder()
+    if encoder is None:
+        return []
+    return [candidate for registration in registry for candidate in candidates(
+        period, ContentType.objects.get_for_model(registration.model, for_concrete_model=False), encoder)]

@@ -16,9 +16,16 @@ class Command(BaseCommand):
                             help="Add the sets of FILE ('-': stdin).")
         action.add_argument("--export", dest="target", metavar="FILE",
                             help="Write the enabled sets to FILE ('-': stdout).")
+        action.add_argument("--suggest", action="store_true",
+                            help="Print the sets the search log suggests (words shoppers type that no "
+                                 "product uses, and what they clicked), in the file format, to review "
+                                 "and --import.")
         parser.add_argument("--replace", action="store_true", help="--import: instead of the existing sets.")
+        parser.add_argument("--days", type=int, default=30, help="--suggest: the log's last N days (30).")
 
     def handle(self, *args, **options):
+        if options["suggest"]:
+            return self.suggest(options["days"])
         if options["target"]:
             text = synonyms.export_file()
             if options["target"] == "-":
@@ -33,3 +40,23 @@ class Command(BaseCommand):
         except (OSError, UnicodeDecodeError, synonyms.SynonymFileError) as error:
             raise CommandError(f"{options['source']}: {error}") from error
         self.stdout.write(f"{added} synonym sets imported.")
+
+    def suggest(self, days: int) -> None:
+        from django.contrib.contenttypes.models import ContentType
+
+        from clip_search.analytics import Period
+        from clip_search.click_synonyms import candidates
+        from clip_search.indexing import active_encoder
+        from clip_search.registry import registry
+
+        encoder = active_encoder()
+        if encoder is None:
+            raise CommandError("No active encoder: nothing is indexed yet.")
+        for registration in registry:
+            content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
+            found = candidates(Period.last(days), content_type, encoder)
+            self.stdout.write(f"# {registration.label}: {len(found)} suggested from the clicks of the "
+                              f"last {days} days")
+            for c in found:
+                self.stdout.write(f"{c.line}  # {c.searches} searches, {c.sessions} shoppers, "
+                                  f"{c.share:.0%} of clicks, {c.lift:.1f}x the catalog")
