@@ -24,7 +24,6 @@ from django.db import connection, connections
 from django.test.testcases import LiveServerThread
 from playwright.sync_api import Page, Route, expect
 
-from clip_search import searchlog
 from clip_search.models import SearchEvent, SearchRecord
 from shop_demo.catalog import shoppers
 from shop_demo.catalog.generator import generate_catalog
@@ -612,6 +611,18 @@ def test_highlights_become_marks_and_nothing_else(catalog, shop_url, chromium):
 # --------------------------------------------------------------------------- events (the search log)
 
 
+def logged_search(search_id: str, timeout: float = 10.0) -> bool:
+    """Whether the live server's search log writer thread wrote the search's row (it writes in
+    batches a moment after the response, committed on its own connection: never flushed from
+    here, where rows would be written inside this test's transaction, unseen by the server)."""
+    deadline = time.monotonic() + timeout
+    while not SearchRecord.objects.filter(pk=search_id).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def logged_events(search_id: str, expected: int, timeout: float = 10.0) -> list[tuple]:
     """The search's events as the live server recorded them: (kind, product pk, position), in
     the order they came, once ``expected`` have arrived (a beacon is sent in the background)."""
@@ -640,8 +651,7 @@ def test_opening_and_adding_the_second_result_are_logged_with_its_search_and_pos
         sent = event_requests(page)
         answer = search_for(page, "greystone")
         search_id, second = answer["search_id"], answer["results"][1]
-        searchlog.flush()  # the live server's writer thread would write the row a moment later
-        assert search_id and SearchRecord.objects.filter(pk=search_id).exists()
+        assert search_id and logged_search(search_id)
         card = page.locator("#grid .card").nth(1)
         assert card.get_attribute("data-pk") == str(second["id"])
         assert card.get_attribute("data-position") == "2"
