@@ -50,7 +50,7 @@ class Candidate:
     @property
     def line(self) -> str:
         """The one-way set, as the synonyms file writes it."""
-        return f"{self.word} => {self.means}"
+        return synonyms.format_line(synonyms.SynonymLine((self.word,), (self.means,)))
 
 
 def candidates(period: Period, content_type: ContentType, encoder: EncoderModel, *, min_sessions: int = 5,
@@ -87,16 +87,29 @@ def candidates(period: Period, content_type: ContentType, encoder: EncoderModel,
         counts = Counter(catalog_word for *_x, pk in rows for catalog_word in words_of.get(pk, ()))
         # The word most of the clicked products have; of words equally shared, the one more
         # products use (a category's own noun rather than a feature some of them mention).
-        scored = [(count / len(rows), used_by[w], w) for w, count in counts.items() if used_by.get(w)]
-        scored = [row for row in scored
-                  if row[0] >= min_share and row[0] / (row[1] / catalog) >= min_lift]
+        scored = [(share, used_by[w], w, share * catalog / used_by[w]) for w, count in counts.items()
+                  if used_by.get(w) and (share := count / len(rows)) >= min_share]
+        scored = [row for row in scored if row[3] >= min_lift]
         if not scored:
             continue
-        share, products, means = max(scored)
-        lift = share / (products / catalog)
+        share, _products, means, lift = max(scored)
         found.append(Candidate(word=word, means=means, searches=len({s for s, _x, _y in rows}),
                                sessions=len({session for _s, session, _pk in rows}), share=share, lift=lift))
     return sorted(found, key=lambda c: (-c.searches, c.word))[:limit]
+
+
+def by_model(period: Period) -> dict[str, list[Candidate]] | None:
+    """``candidates`` for each registered model (by label), with the active encoder; None when
+    no encoder is active (nothing is indexed yet)."""
+    from clip_search.indexing import active_encoder
+    from clip_search.registry import registry
+
+    encoder = active_encoder()
+    if encoder is None:
+        return None
+    return {registration.label: candidates(
+        period, ContentType.objects.get_for_model(registration.model, for_concrete_model=False), encoder)
+        for registration in registry}
 
 
 def _words(query: str) -> list[str]:

@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext_lazy as _
 
-from clip_search import analytics
+from clip_search import analytics, click_synonyms
 from clip_search.admin.charts import bars, columns
 from clip_search.admin.index import ReadOnlyAdmin
 from clip_search.models import SearchEvent, SearchRecord
@@ -68,7 +68,7 @@ class SearchRecordAdmin(ReadOnlyAdmin):
         from django.shortcuts import redirect
 
         from clip_search.models import Synonym
-        from clip_search.synonyms import SynonymFileError, parse_line
+        from clip_search.synonyms import SynonymFileError, format_line, parse_line
 
         if request.method != "POST" or not request.user.has_perm("clip_search.add_synonym"):
             raise PermissionDenied
@@ -79,8 +79,7 @@ class SearchRecordAdmin(ReadOnlyAdmin):
         else:
             Synonym.objects.create(terms=list(line.terms), synonyms=list(line.synonyms),
                                    note=str(_("suggested by clicks")))
-            messages.success(request, _("Added the synonym set “%(line)s”.") % {
-                "line": f"{', '.join(line.terms)} => {', '.join(line.synonyms)}"})
+            messages.success(request, _("Added the synonym set “%(line)s”.") % {"line": format_line(line)})
         return redirect("admin:clip_search_searchrecord_analytics")
 
     def analytics_view(self, request: HttpRequest) -> HttpResponse:
@@ -91,11 +90,13 @@ class SearchRecordAdmin(ReadOnlyAdmin):
         zero = analytics.top_queries(period, zero_only=True)
         legs = analytics.clicked_by_leg(period)
         days = analytics.daily(period)
+        suggested = [candidate for found in (click_synonyms.by_model(period) or {}).values()
+                     for candidate in found]
         labels = [day["day"].isoformat() for day in days]
         context = {
             **self.admin_site.each_context(request), "opts": self.opts, "title": _("Search analytics"),
             "period": period, "errors": errors, "summary": analytics.summary(period),
-            "top": top, "zero": zero, "legs": legs, "suggested": _suggested(period),
+            "top": top, "zero": zero, "legs": legs, "suggested": suggested,
             "can_add_synonym": request.user.has_perm("clip_search.add_synonym"),
             "top_chart": bars([(row.query, row.searches) for row in top[:10]], title=str(_("Top queries"))),
             "zero_chart": bars([(row.query, row.searches) for row in zero[:10]],
@@ -125,17 +126,3 @@ def _period(request: HttpRequest) -> tuple[analytics.Period, list[str]]:
         return default, errors
     return analytics.Period(bounds["from"], bounds["to"]), errors
 
-
-def _suggested(period: analytics.Period) -> list:
-    """The synonym sets the period's clicks suggest, per registered model (click_synonyms)."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from clip_search.click_synonyms import candidates
-    from clip_search.indexing import active_encoder
-    from clip_search.registry import registry
-
-    encoder = active_encoder()
-    if encoder is None:
-        return []
-    return [candidate for registration in registry for candidate in candidates(
-        period, ContentType.objects.get_for_model(registration.model, for_concrete_model=False), encoder)]

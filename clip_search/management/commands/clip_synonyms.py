@@ -42,21 +42,14 @@ class Command(BaseCommand):
         self.stdout.write(f"{added} synonym sets imported.")
 
     def suggest(self, days: int) -> None:
-        from django.contrib.contenttypes.models import ContentType
-
         from clip_search.analytics import Period
-        from clip_search.click_synonyms import candidates
-        from clip_search.indexing import active_encoder
-        from clip_search.registry import registry
+        from clip_search.click_synonyms import by_model
 
-        encoder = active_encoder()
-        if encoder is None:
+        suggested = by_model(Period.last(days))
+        if suggested is None:
             raise CommandError("No active encoder: nothing is indexed yet.")
-        for registration in registry:
-            content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
-            found = candidates(Period.last(days), content_type, encoder)
-            self.stdout.write(f"# {registration.label}: {len(found)} suggested from the clicks of the "
-                              f"last {days} days")
+        for label, found in suggested.items():
+            self.stdout.write(f"# {label}: {len(found)} suggested from the clicks of the last {days} days")
             for c in found:
                 self.stdout.write(f"{c.line}  # {c.searches} searches, {c.sessions} shoppers, "
                                   f"{c.share:.0%} of clicks, {c.lift:.1f}x the catalog")
