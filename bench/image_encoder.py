@@ -10,6 +10,9 @@ of them alike; trust the ratios):
   included; stock decodes with Pillow in full, ours with ``ImageEncoder.encode_bytes``
   (``draft``: reduced-scale JPEG decoding).
 Cosine: each variant's vectors vs stock's on the same input, min over the 32 images.
+``IMAGE_ENCODER["PRECISION"]`` on this CPU (bf16 autocast) is a row of its own; with a CUDA
+device, the GPU worker's rows (``DEVICE="cuda"``, fp32 / fp16 / bf16) are added, model only
+and end to end (decoding stays on the CPU threads); without one the run says so.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ def main() -> None:
         "ours torch int8": ImageEncoder(clip, draft=False, quantize=True),
         "ours onnx fp32": ImageEncoder(clip, draft=False, backend="onnx"),
         "ours onnx int8": ImageEncoder(clip, draft=False, backend="onnx", quantize=True),
+        "ours torch bf16 autocast (CPU)": ImageEncoder(clip, draft=False, precision="bf16"),
     }
+    gpu = {f"ours cuda {precision}": ImageEncoder(clip, draft=True, device="cuda", precision=precision)
+           for precision in ("fp32", "fp16", "bf16")} if torch.cuda.is_available() else {}
+    encoders.update(gpu)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     blobs = _util.product_jpegs(BATCH)
@@ -105,6 +112,7 @@ def main() -> None:
         "ours draft + torch fp32": bytes_fn(draft_fp32),
         "ours draft + torch int8": bytes_fn(draft_torch_int8),
         "ours draft + onnx int8": bytes_fn(draft_int8),
+        **{f"{name} (draft decode on the CPU)": bytes_fn(encoder) for name, encoder in gpu.items()},
     }
     e2e_times, e2e_out = run(e2e_fns, blobs)
     prep_fns = {
@@ -119,6 +127,8 @@ def main() -> None:
     print(f"# {args.rounds} interleaved rounds; ONNX graphs built in {build_s:.1f} s; {BATCH} JPEGs "
           f"({min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px, "
           f"{sum(map(len, blobs)) / len(blobs) / 1e3:.0f} kB avg) drawn in {jpeg_s:.1f} s")
+    if not gpu:
+        print("# no CUDA device here: the GPU worker's rows (DEVICE='cuda') are skipped")
     report("model only (preprocessed tensors)", model_times, model_out)
     report("end to end (JPEG bytes → vectors)", e2e_times, e2e_out)
     report("decode + preprocess only", prep_times, {name: None for name in prep_times})

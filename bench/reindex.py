@@ -7,8 +7,14 @@ Same images, same run, in a throwaway test database on the embedded PostgreSQL:
 - naive: one product at a time — Pillow decode, stock ``preprocess``, ``encode_image`` of a
   batch of one, one ORM write (what a first version would do);
 - model only: the already preprocessed tensors through the image tower, batch 32 (the ceiling);
-- ``clip_reindex --force`` inline: bytes from storage → safe decode → preprocess → encode →
-  moderation → one upsert per product, batch 32;
+- ``clip_reindex --force --no-calibrate`` inline, the pipeline (``clip_search.streaming``):
+  the next batch read and decoded while the model embeds this one and the last one is
+  written in one transaction of a fixed number of statements; then the same with
+  ``PREFETCH_BATCHES`` 0 (the steps in turn, the same batch write). The lexicon and
+  calibration that end a reindex are timed apart: a fixed cost per run, not per image;
+- a profile of the steps-in-turn run: wall and CPU per image of each step (plan: rows and
+  files read, hashed; embed: decode threads, the model, moderation; write), PostgreSQL's own
+  CPU included, and from it the share of model-only throughput two cores allow at best;
 - ``clip_reindex --async --force`` with 2 Celery worker processes (1 torch thread each) on the
   Redis at 127.0.0.1:6379, or skipped when there is none.
 Images: photo-like JPEGs, 1000–2000 px (``_util.product_jpegs``), as shops upload them;
@@ -21,6 +27,7 @@ depend on the values); ``demo`` the project's small trained model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -71,10 +78,13 @@ def main() -> None:
 
 def run(args: argparse.Namespace, media: Path) -> None:
     import torch
+    from django.conf import settings
     from django.core.files.base import ContentFile
     from django.core.management import call_command
+    from django.test import override_settings
     from PIL import Image
 
+    from clip_search.bulk import finish
     from clip_search.indexing import pipeline_for, register_encoder
     from clip_search.models import Embedding, ImageEmbedding
     from clip_search.registry import registry
@@ -134,16 +144,26 @@ def run(args: argparse.Namespace, media: Path) -> None:
     # Model only: preprocessed tensors, batch 32, the same encoder the pipeline uses.
     images = pipeline.images
     tensors = [images.preprocess([images.decode(blob)]) for blob in blobs]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(tensors), images.batch_size):
         images.encode_tensor(torch.cat(tensors[start:start + images.batch_size]))
     figures["model only (batch 32)"] = count / (time.perf_counter() - started)
+    model_cpu = time.process_time() - cpu
 
+    shop = getattr(settings, "CLIP_SEARCH", {})
+    for name, prefetch in (("clip_reindex inline, pipelined", 1), ("clip_reindex inline, steps in turn", 0)):
+        options = {**shop.get("IMAGE_ENCODER", {}), "PREFETCH_BATCHES": prefetch}
+        with override_settings(CLIP_SEARCH={**shop, "IMAGE_ENCODER": options}):
+            with profiled() if prefetch == 0 else contextlib.nullcontext() as profile:
+                started = time.perf_counter()
+                call_command("clip_reindex", "--force", "--no-calibrate", stdout=io.StringIO(),
+                             stderr=io.StringIO())
+                figures[name] = count / (time.perf_counter() - started)
+        assert Embedding.objects.filter(status__in=["indexed", "flagged"]).count() == len(products)
+        assert ImageEmbedding.objects.exclude(vector=None).count() == count
     started = time.perf_counter()
-    call_command("clip_reindex", "--force", stdout=io.StringIO(), stderr=io.StringIO())
-    figures["clip_reindex inline"] = count / (time.perf_counter() - started)
-    assert Embedding.objects.filter(status__in=["indexed", "flagged"]).count() == len(products)
-    assert ImageEmbedding.objects.exclude(vector=None).count() == count
+    finish([registration], encoder)
+    finish_s = time.perf_counter() - started
 
     started = time.perf_counter()
     call_command("clip_reindex", "--verify", stdout=io.StringIO(), stderr=io.StringIO())
@@ -158,8 +178,83 @@ def run(args: argparse.Namespace, media: Path) -> None:
     print("\n| path | images/s | products/s | × naive | % of model-only |\n|---|---:|---:|---:|---:|")
     for name, rate in figures.items():
         print(f"| {name} | {rate:.2f} | {rate / per:.2f} | {rate / base:.2f} | {100 * rate / model:.0f} % |")
-    print(f"\n`clip_reindex --verify` over the indexed catalog (nothing differs): {verify:.0f} images/s, "
+    print(f"\nThe lexicon and calibration that end the reindex: {finish_s:.1f} s, once per run.")
+    print(f"`clip_reindex --verify` over the indexed catalog (nothing differs): {verify:.0f} images/s, "
           f"{verify / per:.0f} products/s")
+    print_profile(profile, count, model_cpu, model)
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by the embedded server's processes (postmaster and backends)."""
+    import psutil
+
+    from shop_demo.embedded_db import DATA_DIR
+
+    try:
+        pid = int((DATA_DIR / "pgdata" / "postmaster.pid").read_text().split()[0])
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except (OSError, ValueError, psutil.Error):
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+@contextlib.contextmanager
+def profiled():
+    """Wall, process CPU and server CPU of each step of ``clip_search.streaming`` (run with
+    PREFETCH_BATCHES 0, so the steps do not overlap and each one's CPU is its own)."""
+    from clip_search import streaming
+
+    profile: dict[str, list[float]] = {}
+    originals = {name: getattr(streaming, name) for name in ("plan", "embed", "write_plans")}
+
+    def timed(name, function):
+        def call(*args, **kwargs):
+            wall, cpu, server = time.perf_counter(), time.process_time(), postgres_cpu()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = profile.setdefault(name, [0.0, 0.0, 0.0])
+                spent[0] += time.perf_counter() - wall
+                spent[1] += time.process_time() - cpu
+                spent[2] += postgres_cpu() - server
+        return call
+
+    for name, function in originals.items():
+        setattr(streaming, name, timed(name, function))
+    try:
+        yield profile
+    finally:
+        for name, function in originals.items():
+            setattr(streaming, name, function)
+
+
+def print_profile(profile: dict[str, list[float]], count: int, model_cpu: float, model_rate: float) -> None:
+    labels = {"plan": "plan: product rows, files read and hashed",
+              "embed": "embed: decode threads, the model, moderation",
+              "write_plans": "write: the batch's transaction"}
+    print("\nProfile of the steps-in-turn run, per image (this process's CPU counts every thread; "
+          "PostgreSQL's is its server processes'):\n")
+    print("| step | wall ms | CPU ms (this process) | CPU ms (PostgreSQL) |\n|---|---:|---:|---:|")
+    total_cpu = 0.0
+    for name, (wall, cpu, server) in profile.items():
+        total_cpu += cpu + server
+        print(f"| {labels[name]} | {1000 * wall / count:.1f} | {1000 * cpu / count:.1f} | "
+              f"{1000 * server / count:.1f} |")
+    model_ms = 1000 * model_cpu / count
+    print(f"| of which the model alone (the model-only run) | {1000 / model_rate:.1f} | {model_ms:.1f} | |")
+    other = 1000 * total_cpu / count - model_ms
+    ceiling = model_ms / (model_ms + other)
+    print(f"\nCPU per image besides the model: {other:.1f} ms. With the model keeping both cores busy "
+          f"(model-only: {model_ms:.1f} CPU ms in {1000 / model_rate:.1f} ms wall) and every other "
+          f"step overlapped perfectly, two cores allow at most {100 * ceiling:.0f} % of model-only "
+          f"throughput.")
 
 
 def _content_type(model) -> int:

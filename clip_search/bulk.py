@@ -21,6 +21,7 @@ from clip_search.indexing import Summary, embed_objects
 from clip_search.models import Embedding, EncoderModel
 from clip_search.registry import Registration
 from clip_search.routers import primary_reads
+from clip_search.streaming import embed_batches
 from clip_search.tasks import enqueue, find_work
 from clip_search.verify import delete_orphans, hide_unscored, verify_batches
 
@@ -46,10 +47,13 @@ def count_work(registration: Registration, encoder: EncoderModel, *, missing_onl
 @primary_reads()
 def reindex_inline(registration: Registration, encoder: EncoderModel, *, missing_only: bool,
                    batch_size: int, force: bool = False, progress: Progress = lambda n: None) -> Summary:
+    """Embed every batch here, the next one read and decoded while the model embeds this one
+    (``clip_search.streaming``)."""
     summary = Summary()
-    for pks in batches(registration, encoder, missing_only=missing_only, batch_size=batch_size):
-        summary.add(embed_objects(registration, registration.fetch(pks), encoder, force=force))
-        progress(len(pks))
+    work = batches(registration, encoder, missing_only=missing_only, batch_size=batch_size)
+    for done, batch_summary in embed_batches(registration, work, encoder, force=force):
+        summary.add(batch_summary)
+        progress(done)
     return summary
 
 

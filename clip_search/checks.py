@@ -249,3 +249,25 @@ def check_storefront_api(app_configs: Any = None, **kwargs: Any) -> list:
                            "list of field paths (README, The REST API).",
                       id="clip_search.E008")]
     return []
+
+
+@register("clip_search")
+def check_image_device(app_configs: Any = None, **kwargs: Any) -> list:
+    """A worker set up for a GPU that torch cannot see would embed on its CPU, many times
+    slower, with only a log line to say so. torch is imported only when a device is set."""
+    try:
+        device = clip_settings.IMAGE_ENCODER["DEVICE"]
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    if device in (None, "cpu"):
+        return []
+    from clip_search.encoders.image import usable_device
+
+    if usable_device(device).type != "cpu":
+        return []
+    return [Warning(
+        f"CLIP_SEARCH['IMAGE_ENCODER']['DEVICE'] is {device!r}, but torch cannot use it in this "
+        "process: images are embedded on the CPU.",
+        hint="Install a torch build for this GPU, or set DEVICE only in the GPU workers' settings.",
+        id="clip_search.W005",
+    )]

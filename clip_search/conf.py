@@ -42,6 +42,17 @@ DEFAULTS: dict[str, Any] = {
         "QUANTIZE": False,  # int8 image transformer (cosine >= 0.999 to fp32, see bench/)
         "DRAFT": True,  # decode big JPEGs at a reduced DCT scale (same pixels after resize)
         "THREADS": None,
+        # Threads decoding and resizing images beside the model (Pillow releases the GIL);
+        # None = min(2, cores).
+        "DECODE_THREADS": None,
+        # A GPU worker: the image tower on this torch device ("cuda", "cuda:1"), its matrix
+        # products in fp16 or bf16 (autocast over the fp32 weights: same fingerprint).
+        # None: where the model was loaded (DEVICE above).
+        "DEVICE": None,
+        "PRECISION": "fp32",  # fp32 | fp16 | bf16
+        # clip_reindex: batches read and decoded ahead while the model embeds the current one
+        # and the one before is written (clip_search.streaming); 0 = one step after another.
+        "PREFETCH_BATCHES": 1,
     },
     "IMAGE": {
         "MAX_BYTES": 20 * 1024 * 1024,
@@ -191,6 +202,22 @@ def validate(values: dict[str, Any]) -> None:
         threads = options["THREADS"]
         _require(threads is None or (isinstance(threads, int) and threads > 0),
                  f"[{encoder!r}]['THREADS'] must be None or a positive int.")
+    image_encoder = values["IMAGE_ENCODER"]
+    _require(image_encoder["DECODE_THREADS"] is None or (
+        isinstance(image_encoder["DECODE_THREADS"], int) and image_encoder["DECODE_THREADS"] > 0),
+        "['IMAGE_ENCODER']['DECODE_THREADS'] must be None or a positive int.")
+    device = image_encoder["DEVICE"]
+    _require(device is None or (isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda", "mps")),
+             "['IMAGE_ENCODER']['DEVICE'] must be None, 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    _require(image_encoder["PRECISION"] in ("fp32", "fp16", "bf16"),
+             "['IMAGE_ENCODER']['PRECISION'] must be fp32, fp16 or bf16.")
+    on_cpu_only = image_encoder["BACKEND"] != "torch" or image_encoder["QUANTIZE"]
+    _require(device in (None, "cpu") or not on_cpu_only,
+             "['IMAGE_ENCODER']['DEVICE'] other than 'cpu' needs BACKEND 'torch' and QUANTIZE False "
+             "(int8 quantisation and the ONNX graph run on the CPU).")
+    prefetch = image_encoder["PREFETCH_BATCHES"]
+    _require(isinstance(prefetch, int) and 0 <= prefetch <= 8,
+             "['IMAGE_ENCODER']['PREFETCH_BATCHES'] must be an int 0..8.")
     text = values["TEXT_ENCODER"]
     _require(isinstance(text["CACHE_SIZE"], int) and text["CACHE_SIZE"] >= 0,
              "['TEXT_ENCODER']['CACHE_SIZE'] must be an int >= 0.")

@@ -8,12 +8,13 @@ Three steps, so that no slow step holds a lock and no stale result is ever writt
    hashed, and one whose sha256 is already scored (a reorder, a rename) is reused too. What
    is left is new pixels.
 2. ``embed``: one model call over the batch's new images, then moderation of each.
-3. ``write``: per object, in its own short transaction under its product row's lock
-   (``rows.lock``): the object's sources are read again and the result is dropped if they
-   changed since step 1 (a newer task does the work; it is requeued in case no save
-   signalled the change). Then the image rows, the product status derived from their
-   verdicts, and the review items, in one commit. A staff decision stays with its image:
-   re-embedding an unchanged image (same sha256) keeps "approved" or "rejected".
+3. ``write_many``: the batch in one short transaction under its product rows' locks
+   (``rows.lock_many``), in a fixed number of statements: each object's sources are read
+   again and its result is dropped if they changed since step 1 (a newer task does the work;
+   it is requeued in case no save signalled the change). Then the image rows, the product
+   status derived from their verdicts, and the review items, in one commit. A staff decision
+   stays with its image: re-embedding an unchanged image (same sha256) keeps "approved" or
+   "rejected".
 
 Every outcome lands in a row (status and error), so nothing is silently lost; a bad image
 is an image row with verdict ``error``, never an exception.
@@ -25,6 +26,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,10 +151,14 @@ def pipeline_for(encoder: EncoderModel) -> Pipeline:
     return _pipelines[encoder.pk]
 
 
-def document_fields(registration: Registration, obj: models.Model) -> dict:
-    """The stored full-text document, keyword text, words and suggestions of one object."""
+def document_fields(registration: Registration, obj: models.Model,
+                    tag_parts: list[tuple[str, str]] | None = None) -> dict:
+    """The stored full-text document, keyword text, words and suggestions of one object
+    (``tag_parts``: its accepted tags' part, when the caller read a batch's at once)."""
     config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
-    parts = registration.text_parts(obj) + tagging.document_parts(registration, obj)  # accepted tags
+    if tag_parts is None:
+        tag_parts = tagging.document_parts(registration, obj)
+    parts = registration.text_parts(obj) + tag_parts  # accepted tags
     vectors = [SearchVector(Value(text), weight=weight, config=config) for weight, text in parts if text]
     document = vectors[0] if vectors else None
     for vector in vectors[1:]:
@@ -288,13 +294,14 @@ def _reason(error: ImageRejected) -> str:
 # --------------------------------------------------------------------------- 2. embed
 
 
-def embed(plans: Sequence[Plan], encoder: EncoderModel) -> None:
-    """Step 2: one model call over every new image of the batch, then moderation of each."""
-    new = [image for p in plans for image in p.images if image.data is not None]
+def embed(plans: Sequence[Plan], encoder: EncoderModel, loading: list[Future] | None = None) -> None:
+    """Step 2: one model call over every new image of the batch, then moderation of each.
+    ``loading``: the batch's decodes, if ``start_decoding`` started them earlier."""
+    new = new_images(plans)
     if not new:
         return
     pipeline = pipeline_for(encoder)
-    results = pipeline.images.encode_bytes([image.data for image in new])
+    results = pipeline.images.finish(loading if loading is not None else start_decoding(plans, encoder))
     good = [(image, result.vector) for image, result in zip(new, results, strict=True)
             if result.vector is not None]
     verdicts = pipeline.moderator.judge(_stack([vector for _, vector in good], encoder.dimension))
@@ -308,6 +315,16 @@ def embed(plans: Sequence[Plan], encoder: EncoderModel) -> None:
         image.sampled = not verdict.is_flagged and pipeline.moderator.sampled(image.sha256)
 
 
+def new_images(plans: Sequence[Plan]) -> list[PlannedImage]:
+    """The images of the batch that step 2 must embed: new pixels."""
+    return [image for p in plans for image in p.images if image.data is not None]
+
+
+def start_decoding(plans: Sequence[Plan], encoder: EncoderModel) -> list[Future]:
+    """Start decoding the batch's new images in the decode threads; ``embed`` takes the result."""
+    return pipeline_for(encoder).images.start([image.data for image in new_images(plans)])
+
+
 def _stack(vectors: list, dimension: int) -> np.ndarray:
     return np.vstack(vectors) if vectors else np.zeros((0, dimension), dtype=np.float32)
 
@@ -316,35 +333,92 @@ def _stack(vectors: list, dimension: int) -> np.ndarray:
 
 
 def write(registration: Registration, encoder: EncoderModel, planned: Plan) -> str:
-    """Step 3 (module docstring). Returns the outcome: the product status written, ``"stale"``
+    """Step 3 for one object (``write_many``)."""
+    return write_many(registration, encoder, [planned])[0]
+
+
+def write_many(registration: Registration, encoder: EncoderModel, plans: Sequence[Plan]) -> list[str]:
+    """Step 3 (module docstring) for a batch, in one transaction and a fixed number of
+    statements whatever the batch's size (a round of statements per object cost a reindex
+    ~3 ms an image). Returns each plan's outcome: the product status written, ``"stale"``
     (dropped: the sources changed meanwhile) or ``"gone"`` (the object was deleted)."""
+    if not plans:
+        return []
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
-    outcome = rows.retrying(lambda: _write(registration, encoder, content_type, planned))
-    if outcome == "stale":
+    outcomes = rows.retrying(lambda: _write_many(registration, encoder, content_type, plans))
+    stale = [planned.pk for planned, outcome in zip(plans, outcomes, strict=True) if outcome == "stale"]
+    if stale:
         from clip_search.tasks import enqueue
 
-        transaction.on_commit(lambda: enqueue(registration.label, [planned.pk], encoder.pk))
-    return outcome
+        transaction.on_commit(lambda: enqueue(registration.label, stale, encoder.pk))
+    return outcomes
 
 
-def _write(registration: Registration, encoder: EncoderModel, content_type: ContentType,
-           planned: Plan) -> str:
-    pk, key = planned.obj.pk, planned.pk
-    Embedding.objects.bulk_create([Embedding(content_type=content_type, object_pk=key, encoder=encoder,
-                                             object_id=object_id(registration.model, pk))],
-                                  ignore_conflicts=True)
-    row = rows.lock(Embedding.objects.get(content_type=content_type, object_pk=key, encoder=encoder).pk)
-    current = registration.fetch([pk])
-    if not current:
-        row.delete()
-        return "gone"
-    if registration.source_digest(current[0]) != planned.digest:
-        return "stale"
+@dataclass
+class _Written:
+    """What one object's write changes, gathered so that the batch is written together."""
+
+    planned: Plan
+    row: Embedding
+    images: list[ImageEmbedding]  # the object's image rows after the write, in display order
+    status: str
+
+
+def _write_many(registration: Registration, encoder: EncoderModel, content_type: ContentType,
+                plans: Sequence[Plan]) -> list[str]:
+    Embedding.objects.bulk_create(
+        [Embedding(content_type=content_type, object_pk=planned.pk, encoder=encoder,
+                   object_id=object_id(registration.model, planned.obj.pk)) for planned in plans],
+        ignore_conflicts=True)
+    locked = {row.object_pk: row for row in rows.lock_many(
+        Embedding.objects.filter(content_type=content_type, encoder=encoder,
+                                 object_pk__in=[planned.pk for planned in plans]))}
+    current = {str(obj.pk): obj for obj in registration.fetch([planned.obj.pk for planned in plans])}
+    tag_parts = tagging.documents_parts(registration, current)
+    now, outcomes, gone, removed, fresh = timezone.now(), [], [], [], set()
+    written: list[_Written] = []
+    for planned in plans:
+        row, obj = locked[planned.pk], current.get(planned.pk)
+        if obj is None:
+            gone.append(row.pk)
+            outcomes.append("gone")
+        elif registration.source_digest(obj) != planned.digest:
+            outcomes.append("stale")
+        else:
+            images, changed, dropped = _image_rows(row, planned, encoder, content_type, now)
+            status = rows.derive_status([image.verdict for image in images])
+            for image in images:
+                image.product_status = status
+            fresh |= changed
+            removed.extend(dropped)
+            _set_row_fields(row, document_fields(registration, obj, tag_parts[planned.pk]), planned, images,
+                            status, now)
+            written.append(_Written(planned, row, images, status))
+            outcomes.append(status)
+    if gone:
+        Embedding.objects.filter(pk__in=gone).delete()
+    if removed:
+        ImageEmbedding.objects.filter(pk__in=removed).delete()
+    _save_images([image for w in written for image in w.images], fresh)
+    if written:
+        Embedding.objects.bulk_update([w.row for w in written], fields=EMBEDDING_FIELDS)
+        _review(registration, written)
+        searchable = max(sum(1 for image in w.images if image.vector is not None) for w in written)
+        if searchable > encoder.max_images:  # read by the vector leg; rare, and only ever raised
+            EncoderModel.objects.filter(pk=encoder.pk, max_images__lt=searchable).update(
+                max_images=searchable)
+    return outcomes
+
+
+def _image_rows(row: Embedding, planned: Plan, encoder: EncoderModel, content_type: ContentType,
+                now) -> tuple[list[ImageEmbedding], set[int], list[int]]:
+    """The object's image rows after the write (unsaved), the pks among them whose vector
+    changed, and the pks of rows of images it no longer has."""
     stored = {image.pk: image for image in row.images.all()}
     decided = {image.sha256: image.verdict for image in stored.values() if image.verdict in STAFF_DECISIONS}
-    now, cap = timezone.now(), clip_settings.MAX_IMAGES
+    cap = clip_settings.MAX_IMAGES
     kept: list[ImageEmbedding] = []
-    fresh: set[int] = set()  # kept rows whose vector changed
+    fresh: set[int] = set()
     for image in planned.images:
         verdict = image.verdict
         if verdict in (ImageVerdict.PASSED, ImageVerdict.FLAGGED) and image.sha256 in decided:
@@ -367,52 +441,64 @@ def _write(registration: Registration, encoder: EncoderModel, content_type: Cont
             kept.append(match)
         else:
             kept.append(ImageEmbedding(embedding=row, embedded_at=now, vector=vector, encoder=encoder,
-                                       content_type=content_type, object_pk=key, object_id=row.object_id,
-                                       **values))
-    if stored:
-        ImageEmbedding.objects.filter(pk__in=list(stored)).delete()
-    status = rows.derive_status([image.verdict for image in kept])
-    unchanged_vector = [f.name for f in ImageEmbedding._meta.concrete_fields
-                        if f.name not in ("id", "vector")]
-    for image in kept:
-        image.product_status = status
-        # A reused vector is not written again: rewriting it would add an HNSW index entry.
-        image.save(update_fields=None if image.pk is None or image.pk in fresh else unchanged_vector)
-    errors = image_errors(kept)
-    document = document_fields(registration, current[0])
-    expressions = {name: document.pop(name) for name in ("search_document", "words")}
-    fields = dict(status=status, error=errors, stale=False, reembed=False,
-                  source_digest=planned.digest, **document)
+                                       content_type=content_type, object_pk=row.object_pk,
+                                       object_id=row.object_id, **values))
+    return kept, fresh, list(stored)
+
+
+IMAGE_FIELDS = [f.name for f in ImageEmbedding._meta.concrete_fields if f.name != "id"]
+# A reused vector is not written again: rewriting it would add an HNSW index entry.
+IMAGE_FIELDS_BUT_VECTOR = [name for name in IMAGE_FIELDS if name != "vector"]
+
+
+def _save_images(images: list[ImageEmbedding], fresh: set[int]) -> None:
+    """New rows in one INSERT, rows with a new vector (pks in ``fresh``) in one UPDATE, the
+    rest in another."""
+    stored = [image for image in images if image.pk is not None]
+    ImageEmbedding.objects.bulk_create([image for image in images if image.pk is None])
+    ImageEmbedding.objects.bulk_update([image for image in stored if image.pk in fresh], fields=IMAGE_FIELDS)
+    ImageEmbedding.objects.bulk_update([image for image in stored if image.pk not in fresh],
+                                       fields=IMAGE_FIELDS_BUT_VECTOR)
+
+
+EMBEDDING_FIELDS = ["status", "error", "stale", "reembed", "source_digest", "updated_at", "attempts",
+                    "embedded_at", "search_document", "keywords", "keyword_tokens", "words", "suggestions"]
+
+
+def _set_row_fields(row: Embedding, document: dict, planned: Plan, images: list[ImageEmbedding],
+                    status: str, now) -> None:
+    """The product row's new values (expressions included), for one UPDATE of the batch."""
+    errors = image_errors(images)
+    values = dict(status=status, error=errors, stale=False, reembed=False, source_digest=planned.digest,
+                  updated_at=now, attempts=models.F("attempts"), embedded_at=models.F("embedded_at"),
+                  **document)
     if errors:
-        fields["attempts"] = models.F("attempts") + 1
+        values["attempts"] = models.F("attempts") + 1
     elif any(image.reused is None for image in planned.images) or planned.force:
-        fields.update(attempts=0, embedded_at=now)
-    Embedding.objects.filter(pk=row.pk).update(updated_at=now, **expressions, **fields)
-    row.refresh_from_db()
-    _review(registration, row, kept, planned)
-    searchable = sum(1 for image in kept if image.vector is not None)
-    if searchable > encoder.max_images:  # read by the vector leg; rare, and only ever raised
-        EncoderModel.objects.filter(pk=encoder.pk, max_images__lt=searchable).update(max_images=searchable)
-    return status
+        values.update(attempts=0, embedded_at=now)
+    for name, value in values.items():
+        setattr(row, name, value)
 
 
-def _review(registration: Registration, row: Embedding, images: list[ImageEmbedding], planned: Plan) -> None:
+def _review(registration: Registration, written: list[_Written]) -> None:
     """Open an item for each newly flagged (or sampled) image; close the items of images the
-    product no longer has. Only ever called from a write that is true to the current sources."""
-    supersede_reviews(row, keep=[image.pk for image in images])
-    sampled = {image.position for image in planned.images if image.sampled}
-    for image in images:
-        if image.verdict == ImageVerdict.FLAGGED:
-            reason = ReviewItem.Reason.FLAGGED
-        elif image.position in sampled:
-            reason = ReviewItem.Reason.SAMPLED
-        else:
-            continue
-        verdict = Verdict(scores=image.moderation_scores, flagged=_over_threshold(image))
-        item, created = open_review(image, verdict, reason)
-        if created and reason == ReviewItem.Reason.FLAGGED:
-            transaction.on_commit(lambda i=item, r=row, v=verdict: upload_flagged.send(
-                sender=registration.model, object_pk=r.object_pk, embedding=r, item=i, scores=v.scores))
+    products no longer have. Only ever called from a write that is true to the current sources."""
+    supersede_reviews([w.row.pk for w in written], keep=[image.pk for w in written for image in w.images])
+    for w in written:
+        sampled = {image.position for image in w.planned.images if image.sampled}
+        for image in w.images:
+            if image.verdict == ImageVerdict.FLAGGED:
+                reason = ReviewItem.Reason.FLAGGED
+            elif image.position in sampled:
+                reason = ReviewItem.Reason.SAMPLED
+            else:
+                continue
+            verdict = Verdict(scores=image.moderation_scores, flagged=_over_threshold(image))
+            item, created = open_review(image, verdict, reason)
+            if created and reason == ReviewItem.Reason.FLAGGED:
+                row = Embedding.objects.get(pk=w.row.pk)  # as written (its fields held expressions)
+                transaction.on_commit(lambda i=item, r=row, v=verdict: upload_flagged.send(
+                    sender=registration.model, object_pk=r.object_pk, embedding=r, item=i, scores=v.scores))
 
 
 def image_errors(images: Sequence[PlannedImage | ImageEmbedding]) -> str:
@@ -437,15 +523,18 @@ def embed_objects(registration: Registration, objects: Sequence[models.Model], e
     """Plan, embed and write a batch (module docstring). Safe to run twice (idempotent)."""
     plans = plan(registration, objects, encoder, force=force)
     embed(plans, encoder)
+    return write_plans(registration, encoder, plans)
+
+
+def write_plans(registration: Registration, encoder: EncoderModel, plans: Sequence[Plan]) -> Summary:
+    """Step 3 for an embedded batch, and its summary; unchanged objects are only marked seen."""
     summary = Summary()
     skipped = [planned.row.pk for planned in plans if planned.unchanged]
     if skipped:  # nothing to write; the time says they were seen (what ``clip_reindex --async`` follows)
         Embedding.objects.filter(pk__in=skipped).update(updated_at=timezone.now())
-    for planned in plans:
-        if planned.unchanged:
-            summary.counts["skipped"] += 1
-            continue
-        outcome = write(registration, encoder, planned)
+        summary.counts["skipped"] += len(skipped)
+    todo = [planned for planned in plans if not planned.unchanged]
+    for planned, outcome in zip(todo, write_many(registration, encoder, todo), strict=True):
         summary.counts[OUTCOMES.get(outcome, outcome)] += 1
         errors = image_errors(planned.images) if outcome == Status.ERROR else ""
         if errors:

@@ -98,11 +98,11 @@ class ImageChanged(DecisionRefused):
     code = "image_changed"
 
 
-def supersede_reviews(embedding, keep: list[int] | None = None) -> int:
-    """Close the open items of images the product no longer has (all but ``keep``)."""
+def supersede_reviews(embedding_ids: list[int], keep: list[int] | None = None) -> int:
+    """Close the open items of images these products no longer have (all but ``keep``)."""
     from clip_search.models import ReviewItem
 
-    items = embedding.review_items.filter(status=ReviewItem.Status.OPEN)
+    items = ReviewItem.objects.filter(embedding_id__in=embedding_ids, status=ReviewItem.Status.OPEN)
     if keep is not None:
         items = items.exclude(image__in=keep)
     return items.update(status=ReviewItem.Status.SUPERSEDED, decided_at=timezone.now())

@@ -76,6 +76,12 @@ def lock(embedding_id: int) -> Embedding:
     return Embedding.objects.select_for_update().get(pk=embedding_id)
 
 
+def lock_many(embeddings: models.QuerySet) -> list[Embedding]:
+    """``lock`` for a batch: the product rows locked in primary-key order (two batches never
+    wait on each other in a cycle), with their image rows."""
+    return list(embeddings.select_for_update().order_by("pk").prefetch_related("images"))
+
+
 def is_retryable(error: BaseException) -> bool:
     cause = error.__cause__ or error
     return getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES or getattr(

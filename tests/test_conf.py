@@ -39,6 +39,11 @@ def test_moderation_categories_are_replaced_whole():
         ({"SEARCH": {"ITERATIVE_SCAN": "yes"}}, "ITERATIVE_SCAN"),
         ({"TEXT_ENCODER": {"BACKEND": "tensorrt"}}, "['TEXT_ENCODER']['BACKEND']"),
         ({"IMAGE_ENCODER": {"THREADS": 0}}, "['IMAGE_ENCODER']['THREADS']"),
+        ({"IMAGE_ENCODER": {"DECODE_THREADS": 0}}, "['IMAGE_ENCODER']['DECODE_THREADS']"),
+        ({"IMAGE_ENCODER": {"PREFETCH_BATCHES": -1}}, "['IMAGE_ENCODER']['PREFETCH_BATCHES']"),
+        ({"IMAGE_ENCODER": {"DEVICE": "tpu"}}, "['IMAGE_ENCODER']['DEVICE'] must be"),
+        ({"IMAGE_ENCODER": {"PRECISION": "int4"}}, "['IMAGE_ENCODER']['PRECISION']"),
+        ({"IMAGE_ENCODER": {"DEVICE": "cuda", "BACKEND": "onnx"}}, "needs BACKEND 'torch'"),
     ],
 )
 def test_invalid_settings_name_the_key(value, message):

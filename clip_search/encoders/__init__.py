@@ -133,7 +133,8 @@ def image_encoder_for(clip: LoadedClip) -> ImageEncoder:
     options = clip_settings.IMAGE_ENCODER
     return ImageEncoder(clip, backend=options["BACKEND"], quantize=options["QUANTIZE"],
                         draft=options["DRAFT"], threads=options["THREADS"],
-                        batch_size=clip_settings.BATCH_SIZE)
+                        decode_threads=options["DECODE_THREADS"], device=options["DEVICE"],
+                        precision=options["PRECISION"], batch_size=clip_settings.BATCH_SIZE)
 
 
 def reset() -> None:

@@ -22,7 +22,7 @@ import logging
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,19 +48,32 @@ class ImageResult:
 BACKENDS = ("torch", "onnx")
 
 
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class ImageEncoder:
     """``threads``: intra-op threads of the ONNX session (default: torch's thread count);
     the torch backend uses torch's process-wide setting (``EncoderSpec.threads``).
     ``decode_threads``: images decoded and resized in parallel with inference (Pillow
-    releases the GIL), so the model is not left waiting on JPEG decoding."""
+    releases the GIL), so the model is not left waiting on JPEG decoding.
+
+    ``device`` and ``precision`` (a GPU worker): the image tower runs on ``device`` (None:
+    where it was loaded; else a copy, the text tower and the loaded model stay where they
+    were), its matrix products in fp16 or bf16 under autocast. The weights stay the fp32 ones
+    loaded, so the encoder's fingerprint, the identity web and worker processes agree on,
+    does not change, and the vectors stay within cosine 0.999 of the CPU's. A device torch
+    cannot use falls back to the CPU with a warning (``manage.py check``: clip_search.W005)."""
 
     def __init__(self, clip: LoadedClip, *, quantize: bool = False, draft: bool = True,
                  batch_size: int = 32, backend: str = "torch", threads: int | None = None,
-                 decode_threads: int | None = None) -> None:
+                 decode_threads: int | None = None, device: str | None = None,
+                 precision: str = "fp32") -> None:
         if clip.model.visual is None:
             raise ValueError("This CLIP was loaded with the text tower only.")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown image encoder backend {backend!r}: use one of {BACKENDS}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}: use one of {tuple(PRECISIONS)}.")
         self.clip = clip
         self.batch_size = batch_size
         self.draft = draft
@@ -68,6 +81,8 @@ class ImageEncoder:
         self.backend = backend
         self.input_size = _input_size(clip.model)
         self.decode_threads = decode_threads or min(2, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None  # ``start``'s decode threads, made on first use
+        self._pool_pid = 0
         visual = clip.model.visual
         self._dtype = next(visual.parameters()).dtype
         self._tensor_steps = _split_preprocess(clip.preprocess)
@@ -85,6 +100,11 @@ class ImageEncoder:
                 self.backend = "torch"
         if self.backend == "torch":
             self._visual = _quantize(visual) if quantize else visual
+        self.device, self.precision = next(visual.parameters()).device, precision
+        if device is not None and self.backend == "torch" and not quantize:
+            target = usable_device(device)
+            if target != self.device:
+                self._visual, self.device = copy.deepcopy(visual).to(target), target
 
     def decode(self, data: bytes) -> Image.Image:
         """Safe decode; with ``draft`` a large JPEG is decoded at a reduced scale."""
@@ -164,8 +184,10 @@ class ImageEncoder:
     @torch.inference_mode()
     def encode_tensor(self, pixels: torch.Tensor) -> np.ndarray:
         dtype = torch.float32 if self.quantized and self.backend == "torch" else self._dtype
-        features = self._visual(pixels.to(dtype))
-        return F.normalize(features.float(), dim=-1).numpy()
+        low = PRECISIONS[self.precision] if self.backend == "torch" and not self.quantized else None
+        with torch.autocast(self.device.type, dtype=low, enabled=low is not None):
+            features = self._visual(pixels.to(device=self.device, dtype=dtype))
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Vectors for decoded RGB images, ``batch_size`` at a time."""
@@ -182,6 +204,33 @@ class ImageEncoder:
         ``decode_threads`` full-size decoded images are in memory at a time (not
         ``batch_size`` of them: 32 photos at the 50 MP limit would be 4.8 GB). Decoding runs
         in threads at most one batch ahead, overlapping inference of the previous batch."""
+        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode") as pool:
+            blobs = iter(blobs)
+            ahead: deque[Future] = deque(pool.submit(self._load, blob)
+                                         for blob in itertools.islice(blobs, self.batch_size))
+
+            def in_order() -> Iterator[Future]:
+                while ahead:
+                    future = ahead.popleft()
+                    ahead.extend(pool.submit(self._load, blob) for blob in itertools.islice(blobs, 1))
+                    yield future
+
+            return self.finish(in_order())
+
+    def start(self, blobs: Iterable[bytes]) -> list[Future]:
+        """Start decoding ``blobs`` in the encoder's decode threads and return at once; the
+        futures go to ``finish``. What lets a reindex decode the next batch while the model
+        embeds this one (``clip_search.streaming``). The bytes are already in memory; what
+        decoding adds stays bounded as in ``encode_bytes``: one full-size image per thread,
+        then the model's small input."""
+        if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
+            self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode")
+            self._pool_pid = os.getpid()
+        return [self._pool.submit(self._load, blob) for blob in blobs]
+
+    def finish(self, loading: Iterable[Future]) -> list[ImageResult]:
+        """The results of decodes started by ``start`` (or ``encode_bytes``), in order,
+        ``batch_size`` images to a model call; a rejected image gets its reason."""
         results: list[ImageResult] = []
         pending: list[tuple[ImageResult, np.ndarray | torch.Tensor]] = []
 
@@ -191,22 +240,16 @@ class ImageEncoder:
                 result.vector = vector
             pending.clear()
 
-        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode") as pool:
-            blobs = iter(blobs)
-            ahead: deque[Future] = deque(pool.submit(self._load, blob)
-                                         for blob in itertools.islice(blobs, self.batch_size))
-            while ahead:
-                future = ahead.popleft()
-                ahead.extend(pool.submit(self._load, blob) for blob in itertools.islice(blobs, 1))
-                result = ImageResult()
-                results.append(result)
-                try:
-                    pending.append((result, future.result()))
-                except ImageRejected as error:
-                    result.error = error
-                    continue
-                if len(pending) >= self.batch_size:
-                    flush()
+        for future in loading:
+            result = ImageResult()
+            results.append(result)
+            try:
+                pending.append((result, future.result()))
+            except ImageRejected as error:
+                result.error = error
+                continue
+            if len(pending) >= self.batch_size:
+                flush()
         if pending:
             flush()
         return results
@@ -214,6 +257,20 @@ class ImageEncoder:
     def _load(self, blob: bytes) -> np.ndarray | torch.Tensor:
         """Bytes → the model's per-image input (runs in a decode thread)."""
         return self._prepare(self.decode(blob))
+
+
+def usable_device(name: str) -> torch.device:
+    """``name`` as a torch device, or the CPU (with a warning) when torch cannot use it here."""
+    device = torch.device(name)
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: torch.backends.mps.is_available()}.get(device.type, lambda: False)
+    if device.type == "cuda" and available() and (device.index or 0) >= torch.cuda.device_count():
+        available = lambda: False  # noqa: E731
+    if not available():
+        logger.warning("clip_search: image encoder device %r is not available to torch here; "
+                       "embedding on the CPU.", name)
+        return torch.device("cpu")
+    return device
 
 
 _ORIENTATION = 0x0112

@@ -14,9 +14,16 @@ accepted tags join the product's full-text document and can be facets
 - ``signals``: a deleted product's tags go with it; optional suggestions after embedding.
 """
 
-from clip_search.tagging.decisions import accept, document_parts, refresh_document, reject, tags_decided
+from clip_search.tagging.decisions import (
+    accept,
+    document_parts,
+    documents_parts,
+    refresh_document,
+    reject,
+    tags_decided,
+)
 from clip_search.tagging.labels import LabelSet, Tagger, label_sets
 from clip_search.tagging.suggest import Tagged, delete_orphans, suggest, tag_catalog, to_tag
 
-__all__ = ["LabelSet", "Tagged", "Tagger", "accept", "delete_orphans", "document_parts", "label_sets",
-           "refresh_document", "reject", "suggest", "tag_catalog", "tags_decided", "to_tag"]
+__all__ = ["LabelSet", "Tagged", "Tagger", "accept", "delete_orphans", "document_parts", "documents_parts",
+           "label_sets", "refresh_document", "reject", "suggest", "tag_catalog", "tags_decided", "to_tag"]

@@ -89,11 +89,20 @@ def refresh_document(registration: Registration, object_pk: str) -> int:
 def document_parts(registration: Registration, obj: models.Model) -> list[tuple[str, str]]:
     """The (weight, text) part the product's accepted tags add to its full-text document: the
     labels of the configured sets at ``DOCUMENT_WEIGHT``; none when that is None."""
-    options = clip_settings.TAGGING
+    return documents_parts(registration, [obj.pk])[str(obj.pk)]
+
+
+def documents_parts(registration: Registration, pks: Iterable) -> dict[str, list[tuple[str, str]]]:
+    """``document_parts`` of several products, in one query (a batch write's)."""
+    options, keys = clip_settings.TAGGING, [str(pk) for pk in pks]
+    parts: dict[str, list[tuple[str, str]]] = {key: [] for key in keys}
     if options["DOCUMENT_WEIGHT"] is None or not options["SETS"]:
-        return []
+        return parts
     content_type = ContentType.objects.get_for_model(registration.model, for_concrete_model=False)
-    labels = ProductTag.objects.filter(content_type=content_type, object_pk=str(obj.pk),
-                                       status=Status.ACCEPTED, label_set__in=list(options["SETS"]))
-    text = " ".join(labels.order_by("label_set", "label").values_list("label", flat=True))
-    return [(options["DOCUMENT_WEIGHT"], text)] if text else []
+    labels: dict[str, list[str]] = defaultdict(list)
+    accepted = ProductTag.objects.filter(content_type=content_type, object_pk__in=keys,
+                                         status=Status.ACCEPTED, label_set__in=list(options["SETS"]))
+    for key, label in accepted.order_by("label_set", "label").values_list("object_pk", "label"):
+        labels[key].append(label)
+    parts.update({key: [(options["DOCUMENT_WEIGHT"], " ".join(found))] for key, found in labels.items()})
+    return parts
