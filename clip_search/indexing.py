@@ -45,6 +45,7 @@ from clip_search.imaging import ImageRejected
 from clip_search.models import Embedding, EncoderModel, ImageEmbedding, ReviewItem, object_id
 from clip_search.moderation import Moderator, Verdict, open_review, supersede_reviews, upload_flagged
 from clip_search.registry import Registration, SourceImage
+from clip_search.sql import writes
 
 logger = logging.getLogger(__name__)
 
@@ -151,27 +152,43 @@ def pipeline_for(encoder: EncoderModel) -> Pipeline:
     return _pipelines[encoder.pk]
 
 
-def document_fields(registration: Registration, obj: models.Model,
-                    tag_parts: list[tuple[str, str]] | None = None) -> dict:
-    """The stored full-text document, keyword text, words and suggestions of one object
-    (``tag_parts``: its accepted tags' part, when the caller read a batch's at once)."""
-    config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
+@dataclass
+class Document:
+    """What an object is searched by, as its row stores it (``document_fields``: as ORM values)."""
+
+    parts: list[tuple[str, str]]  # (weight, text) of the full-text document, in order; no empty text
+    keywords: str
+    keyword_tokens: list[str]
+    words: str  # every word the vocabulary takes from it: its text and keyword values
+    suggestions: Any
+
+
+def document(registration: Registration, obj: models.Model,
+             tag_parts: list[tuple[str, str]] | None = None) -> Document:
+    """The object's document (``tag_parts``: its accepted tags' part, when the caller read a
+    batch's at once)."""
     if tag_parts is None:
         tag_parts = tagging.document_parts(registration, obj)
-    parts = registration.text_parts(obj) + tag_parts  # accepted tags
-    vectors = [SearchVector(Value(text), weight=weight, config=config) for weight, text in parts if text]
-    document = vectors[0] if vectors else None
-    for vector in vectors[1:]:
-        document = document + vector
+    parts = [(weight, text) for weight, text in registration.text_parts(obj) + tag_parts if text]
     # Read once: a callable source may query the database (Oscar's stock records, attributes).
     values = registration.keyword_values(obj)
     keyword_values = [str(v).strip().lower() for v in values]
-    return {
-        "search_document": document,
-        "keywords": " ".join(values).lower(),  # Registration.keyword_text, from the same read
-        "keyword_tokens": [v[:200] for v in keyword_values if v],
-        **lexicon.row_fields(registration, obj, _joined(parts, values)),
-    }
+    return Document(parts=parts, keywords=" ".join(values).lower(),  # Registration.keyword_text
+                    keyword_tokens=[v[:200] for v in keyword_values if v], words=_joined(parts, values),
+                    suggestions=registration.suggestion_values(obj))
+
+
+def document_fields(registration: Registration, obj: models.Model) -> dict:
+    """The stored full-text document, keyword text, words and suggestions of one object."""
+    found = document(registration, obj)
+    config = clip_settings.SEARCH["TEXT_SEARCH_CONFIG"]
+    vectors = [SearchVector(Value(text), weight=weight, config=config) for weight, text in found.parts]
+    search_document = vectors[0] if vectors else None
+    for vector in vectors[1:]:
+        search_document = search_document + vector
+    return {"search_document": search_document, "keywords": found.keywords,
+            "keyword_tokens": found.keyword_tokens, "words": lexicon.words_expression(found.words),
+            "suggestions": found.suggestions}
 
 
 def document_text(registration: Registration, obj: models.Model) -> str:
@@ -362,6 +379,7 @@ class _Written:
     row: Embedding
     images: list[ImageEmbedding]  # the object's image rows after the write, in display order
     status: str
+    document: Document
 
 
 def _write_many(registration: Registration, encoder: EncoderModel, content_type: ContentType,
@@ -391,9 +409,8 @@ def _write_many(registration: Registration, encoder: EncoderModel, content_type:
                 image.product_status = status
             fresh |= changed
             removed.extend(dropped)
-            _set_row_fields(row, document_fields(registration, obj, tag_parts[planned.pk]), planned, images,
-                            status, now)
-            written.append(_Written(planned, row, images, status))
+            written.append(_Written(planned, row, images, status,
+                                    document(registration, obj, tag_parts[planned.pk])))
             outcomes.append(status)
     if gone:
         Embedding.objects.filter(pk__in=gone).delete()
@@ -401,7 +418,8 @@ def _write_many(registration: Registration, encoder: EncoderModel, content_type:
         ImageEmbedding.objects.filter(pk__in=removed).delete()
     _save_images([image for w in written for image in w.images], fresh)
     if written:
-        Embedding.objects.bulk_update([w.row for w in written], fields=EMBEDDING_FIELDS)
+        writes.update_products([_row_values(w, now) for w in written],
+                               config=clip_settings.SEARCH["TEXT_SEARCH_CONFIG"], now=now)
         _review(registration, written)
         searchable = max(sum(1 for image in w.images if image.vector is not None) for w in written)
         if searchable > encoder.max_images:  # read by the vector leg; rare, and only ever raised
@@ -446,38 +464,37 @@ def _image_rows(row: Embedding, planned: Plan, encoder: EncoderModel, content_ty
     return kept, fresh, list(stored)
 
 
-IMAGE_FIELDS = [f.name for f in ImageEmbedding._meta.concrete_fields if f.name != "id"]
-# A reused vector is not written again: rewriting it would add an HNSW index entry.
-IMAGE_FIELDS_BUT_VECTOR = [name for name in IMAGE_FIELDS if name != "vector"]
-
-
 def _save_images(images: list[ImageEmbedding], fresh: set[int]) -> None:
-    """New rows in one INSERT, rows with a new vector (pks in ``fresh``) in one UPDATE, the
-    rest in another."""
+    """New rows in one INSERT, the others in one UPDATE; a stored vector is rewritten only for
+    the pks in ``fresh`` (rewriting an unchanged one would add an HNSW index entry)."""
     stored = [image for image in images if image.pk is not None]
     ImageEmbedding.objects.bulk_create([image for image in images if image.pk is None])
-    ImageEmbedding.objects.bulk_update([image for image in stored if image.pk in fresh], fields=IMAGE_FIELDS)
-    ImageEmbedding.objects.bulk_update([image for image in stored if image.pk not in fresh],
-                                       fields=IMAGE_FIELDS_BUT_VECTOR)
+    writes.update_images([
+        {"id": image.pk, "position": image.position, "name": image.name, "size": image.size,
+         "sha256": image.sha256, "verdict": image.verdict, "moderation_scores": image.moderation_scores,
+         "error": image.error, "product_status": image.product_status, "fresh": image.pk in fresh,
+         "vector": None if image.vector is None else _vector_text(image.vector)}
+        for image in stored])
 
 
-EMBEDDING_FIELDS = ["status", "error", "stale", "reembed", "source_digest", "updated_at", "attempts",
-                    "embedded_at", "search_document", "keywords", "keyword_tokens", "words", "suggestions"]
+def _vector_text(vector: Any) -> str:
+    """pgvector's text form; ``repr`` of each float32 as a double reads back as the same float32."""
+    return "[" + ",".join(repr(float(x)) for x in _as_list(vector)) + "]"
 
 
-def _set_row_fields(row: Embedding, document: dict, planned: Plan, images: list[ImageEmbedding],
-                    status: str, now) -> None:
-    """The product row's new values (expressions included), for one UPDATE of the batch."""
-    errors = image_errors(images)
-    values = dict(status=status, error=errors, stale=False, reembed=False, source_digest=planned.digest,
-                  updated_at=now, attempts=models.F("attempts"), embedded_at=models.F("embedded_at"),
-                  **document)
+def _row_values(written: _Written, now) -> dict[str, Any]:
+    """The product row's new values, for ``sql.writes.update_products``."""
+    planned, found = written.planned, written.document
+    errors = image_errors(written.images)
     if errors:
-        values["attempts"] = models.F("attempts") + 1
+        attempts, embedded = "increment", False
     elif any(image.reused is None for image in planned.images) or planned.force:
-        values.update(attempts=0, embedded_at=now)
-    for name, value in values.items():
-        setattr(row, name, value)
+        attempts, embedded = "reset", True
+    else:
+        attempts, embedded = "keep", False
+    return {"id": written.row.pk, "status": written.status, "error": errors, "source_digest": planned.digest,
+            "attempts": attempts, "embedded": embedded, "parts": found.parts, "keywords": found.keywords,
+            "keyword_tokens": found.keyword_tokens, "words": found.words, "suggestions": found.suggestions}
 
 
 def _review(registration: Registration, written: list[_Written]) -> None:

@@ -25,7 +25,7 @@ from datetime import timedelta
 
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.search import SearchVector
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Func, Value
 from django.utils import timezone
 
@@ -45,12 +45,6 @@ CANDIDATES = 12
 
 
 # --------------------------------------------------------------------------- what a row stores
-
-
-def row_fields(registration: Registration, obj: models.Model, text: str) -> dict:
-    """The words and suggestions the writer stores with an object's row (``text``: its text and
-    keyword values, as the document was built from them)."""
-    return {"words": words_expression(text), "suggestions": registration.suggestion_values(obj)}
 
 
 def words_expression(text: str) -> Func:

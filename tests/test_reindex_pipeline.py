@@ -217,3 +217,22 @@ def test_a_gpu_worker_agrees_with_the_cpu(demo_clip, pictures, precision):
     assert gpu_encoder.device.type == "cuda"
     assert next(demo_clip.model.visual.parameters()).device.type == "cpu"  # the loaded model stays
     assert cosines(cpu, gpu_encoder.encode_bytes(blobs)).min() >= 0.999
+
+
+def test_the_batch_write_stores_the_document_the_orm_path_builds(registration):
+    """``sql.writes`` builds the full-text document in SQL; ``indexing.document_fields`` (the
+    other writers: tags, hides) with ``SearchVector`` expressions: the two must store the same."""
+    products = create_catalog(6)
+    Product.objects.filter(pk=products[2].pk).update(description="")  # an empty part is left out
+    Product.objects.filter(pk=products[3].pk).update(description="the and of")  # stop words only
+    bulk.reindex_inline(registration, register_encoder(), missing_only=True, batch_size=6)
+    for product in Product.objects.all():
+        fields = indexing.document_fields(registration, product)
+        stored = Embedding.objects.filter(object_pk=str(product.pk)).annotate(
+            expected_document=fields["search_document"], expected_words=fields["words"]).values(
+            "search_document", "expected_document", "words", "expected_words", "keywords", "keyword_tokens",
+            "suggestions").get()
+        assert stored["search_document"] == stored["expected_document"] != ""
+        assert stored["words"] == stored["expected_words"]
+        assert (stored["keywords"], stored["keyword_tokens"], stored["suggestions"]) == (
+            fields["keywords"], fields["keyword_tokens"], fields["suggestions"])

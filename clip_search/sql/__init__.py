@@ -6,7 +6,9 @@
 - ``sql.fused``: the fused hybrid search statement (CTEs, ``FULL JOIN`` and window functions
   over legs limited before they are joined, which the ORM cannot express);
 - ``sql.lexicon``: the catalog's vocabulary and suggestions (aggregates over unnested arrays
-  and tsvectors, trigram nearest neighbours).
+  and tsvectors, trigram nearest neighbours);
+- ``sql.writes``: the indexer's batch updates, one statement per table for a whole batch
+  (``bulk_update``'s CASE per field and row cost as much CPU as decoding the images).
 """
 
 from __future__ import annotations
