@@ -91,6 +91,10 @@ def main() -> None:
                         help="seconds before the starved build is stopped")
     parser.add_argument("--maintenance-work-mem", default="50000:512MB,200000:1GB,1000000:5GB",
                         help="SIZE:MEM for the real build (sizes not listed: 5GB)")
+    parser.add_argument("--hnsw", metavar="M,EF_CONSTRUCTION", default="",
+                        help="the index's m and ef_construction (default: the app's, 16,64)")
+    parser.add_argument("--recall-depths", default="",
+                        help="more vector depths (= hnsw.ef_search) to measure recall at, e.g. 400")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep each size's database")
     parser.add_argument("--results", default=str(ROOT / "cost_curve_results.json"))
@@ -100,6 +104,14 @@ def main() -> None:
         tables(json.loads(Path(args.tables_from).read_text()))
         return
     bench.configure()
+    if args.hnsw:
+        from django.conf import settings
+
+        m, ef_construction = (int(value) for value in args.hnsw.split(","))
+        settings.CLIP_SEARCH = {**settings.CLIP_SEARCH, "HNSW": {"M": m, "EF_CONSTRUCTION": ef_construction}}
+        from clip_search.conf import clip_settings
+
+        clip_settings.reload()  # a plain assignment sends no setting_changed
     sizes = [int(size) for size in args.sizes.split(",")]
     results: dict = {"machine": _util.machine(), "command": " ".join(sys.argv), "sizes": {}}
     print(f"# cost curve — {results['machine']}; load average {os.getloadavg()[0]:.1f} at start")
@@ -203,17 +215,28 @@ def measure_size(size: int, args: argparse.Namespace, graphs: str) -> dict:
                               for (scope, variant), samples in latency.items()}
         bench.explain_scopes(scopes, library, vectors, verbose=False)
         shallow: dict = {}
-        recall = bench.vector_recall(scopes, library, vectors, catalog, rng, shallow)
-        figures["recall"] = {f"{scope} | {kind}": [value, shallow[(scope, kind)]]
+        deeper: dict = {int(depth): {} for depth in args.recall_depths.split(",") if depth}
+        recall = bench.vector_recall(scopes, library, vectors, catalog, rng, shallow, deeper)
+        figures["recall"] = {f"{scope} | {kind}": [value, shallow[(scope, kind)],
+                                                   *(means[(scope, kind)] for means in deeper.values())]
                              for (scope, kind), value in recall.items()}
+        figures["recall_depths"] = [200, 100, *deeper]
+        figures["hnsw"] = bench_hnsw()
         catalog.arrays.clear()  # 2 GB at 1M products
         gc.collect()
 
         runs = int(_per_size(args.drf_runs, size, "1"))
-        figures["drf"] = drf_runs(catalog, pool, api_queries, graphs, runs, limit_100=runs > 1)
+        figures["drf"] = (drf_runs(catalog, pool, api_queries, graphs, runs, limit_100=runs > 1)
+                          if runs else [])
         figures["postgres"] = postgres_memory()
         print(f"\nPostgreSQL in service: {figures['postgres']}")
     return figures
+
+
+def bench_hnsw() -> str:
+    from clip_search.conf import clip_settings
+
+    return f"m {clip_settings.HNSW['M']}, ef_construction {clip_settings.HNSW['EF_CONSTRUCTION']}"
 
 
 def _round_up(size: float) -> int:
@@ -447,8 +470,9 @@ def tables(results: dict) -> None:
     row("PostgreSQL processes: shared memory mapped (largest)",
         [f"{d['postgres'].get('shared_rss_mb', float('nan')):,.0f}" for d in data])
     row("gunicorn worker RSS after the DRF run (ONNX graph cache)",
-        [f"{d['drf'][0]['worker_rss']:.0f}" for d in data])
-    row("torch in the worker's sys.modules", [str(d["drf"][0]["imported"].get("torch", "?")) for d in data])
+        [f"{d['drf'][0]['worker_rss']:.0f}" if d["drf"] else "" for d in data])
+    row("torch in the worker's sys.modules",
+        [str(d["drf"][0]["imported"].get("torch", "?")) if d["drf"] else "" for d in data])
     web = results.get("web", {})
     if web:
         cached, building = web["cached graph"], web["onnx, building"]
@@ -465,14 +489,16 @@ def tables(results: dict) -> None:
     row("contention: fixed CPU work (~1 ms idle)",
         [_pair(next(v for k, v in d["latency"].items() if "noise floor" in k)) for d in data])
 
-    print("\n## Recall@10 of the vector leg vs exact scan: ef_search 200 (default) / 100\n\n"
+    depths = " / ".join(map(str, data[0].get("recall_depths", [200, 100])))
+    print(f"\n## Recall@10 of the vector leg vs exact scan: ef_search {depths} "
+          f"({data[0].get('hnsw', 'm 16, ef_construction 64')})\n\n"
           + head.replace("| |", "| scope, query kind |"))
     for key in data[0]["recall"]:
         row(key.replace(" | ", ", "),
-            [f"{d['recall'][key][0]:.3f} / {d['recall'][key][1]:.3f}" for d in data])
+            [" / ".join(f"{value:.3f}" for value in d["recall"][key]) for d in data])
 
     print("\n## DRF, storefront, 1 client, ms (p50 / p95; target p95 ≤ 40)\n\n" + head)
-    most = max(len(d["drf"]) for d in data)
+    most = max(len(d["drf"]) for d in data)  # 0 with --drf-runs SIZE:0
     for index in range(most):
         label = next(d["drf"][index] for d in data if len(d["drf"]) > index)
         row(f"run {index + 1}: {label['variant']}",

@@ -998,7 +998,8 @@ def recall_queries(scope, library, catalog: Catalog, rng: random.Random) -> dict
 
 
 def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random,
-                  shallow: dict[tuple, float] | None = None) -> dict[tuple, float]:
+                  shallow: dict[tuple, float] | None = None,
+                  deeper: dict[int, dict[tuple, float]] | None = None) -> dict[tuple, float]:
     """Recall@10 of the vector leg (``search()``, other legs' weights 0) vs an exact numpy scan.
 
     Three kinds of query, because HNSW's recall depends on where the query sits:
@@ -1010,7 +1011,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
     - more like this: a product's stored vector (``like=``, itself excluded): in distribution.
 
     ``shallow``, if given, receives the same means at depth 100 (``hnsw.ef_search`` 100), so a
-    caller can say which ef_search a catalog of this size needs.
+    caller can say which ef_search a catalog of this size needs; ``deeper``, keyed by vector depths
+    (``hnsw.ef_search`` = the depth), receives the means at those depths too.
     """
     import numpy as np
 
@@ -1038,7 +1040,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
         allowed_ids, allowed = ids[mask], matrix[mask]
         position = {pk: i for i, pk in enumerate(allowed_ids)}
         for kind, queries in recall_queries(scope, library, catalog, rng).items():
-            per_query: dict[str, list[float]] = {"default": [], "shallow": [], "epsilon": [], "gap": []}
+            per_query: dict = {"default": [], "shallow": [], "epsilon": [], "gap": []}
+            more = [(depth, {"vector": depth}) for depth in deeper or {}]
             short = 0
             for how, query in queries:
                 vector = vectors.vectors[query] if how == "text" else matrix[row_of[query]]
@@ -1048,7 +1051,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
                 nearest = np.partition(distance, 99)[:100]
                 tenth = np.partition(nearest, 9)[9]
                 per_query["gap"].append(float(nearest.max() - tenth))
-                for key, depth in (("default", None), ("shallow", SHALLOW)):
+                for key, depth in (("default", None), ("shallow", SHALLOW), *more):
+                    per_query.setdefault(key, [])
                     with query_encoder(vectors):
                         found = search(scope.queryset(), **{how: query}, weights=LEGS_ALONE["vector"],
                                        limit=10, depth=depth)
@@ -1062,6 +1066,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
             results[(scope.name, kind)] = float(np.mean(per_query["default"]))
             if shallow is not None:
                 shallow[(scope.name, kind)] = float(np.mean(per_query["shallow"]))
+            for depth, means in (deeper or {}).items():
+                means[(scope.name, kind)] = float(np.mean(per_query[depth]))
             print(f"| {scope.name} | {100 * scope.share:.1f} % | {kind} | {len(queries)} | "
                   f"{results[(scope.name, kind)]:.3f} | {min(per_query['default']):.1f} | {short} | "
                   f"{np.mean(per_query['shallow']):.3f} | {np.mean(per_query['epsilon']):.3f} | "
