@@ -153,7 +153,9 @@ def clicked_catalog(seed: int = 0, held_out: float = 0.2, gallery_size: int = 30
     clicks = _click_captions(earlier)
     for label, captions in clicks.items():
         if label in examples:
-            examples[label].texts = [*examples[label].texts, *captions]
+            example = examples[label]
+            example.texts = [*example.texts, *captions]
+            example.tags = example.tags | {tag for caption in captions for tag in caption.tags}
     queries = []
     for item in later:  # each held-out search: its query must retrieve its best product's picture
         best = max(item.gains, key=lambda pk: item.gains[pk])
@@ -171,17 +173,22 @@ def clicked_catalog(seed: int = 0, held_out: float = 0.2, gallery_size: int = 30
                                    f"{len(earlier)} searches; {len(later)} searches held out")
 
 
-def _click_captions(judged: Sequence[Any]) -> dict[str, list[str]]:
-    """Product label → the queries clicked on it, each repeated by its inverse propensity."""
+def _click_captions(judged: Sequence[Any]) -> dict[str, list[Caption]]:
+    """Product label → the queries clicked on it, each repeated by its inverse propensity.
+
+    A query's caption is tagged with the query, and so is every product clicked for it: the
+    loss then takes all of them as positives of that query (``_positives``), instead of pushing
+    apart the products shoppers found equally good for it."""
     from clip_search.models import SearchEvent
 
     queries = {item.search_id: item for item in judged}
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[Caption]] = {}
     for search_id, pk, position in SearchEvent.objects.filter(search_id__in=list(queries)).values_list(
             "search_id", "object_pk", "position"):
         item = queries[str(search_id)]
         weight = min(MAX_CLICK_WEIGHT, max(1, round(position ** POSITION_BIAS)))
-        found.setdefault(f"{item.model}:{pk}", []).extend([item.query] * weight)
+        caption = Caption(text=item.query, tags=frozenset({"query:" + " ".join(item.query.lower().split())}))
+        found.setdefault(f"{item.model}:{pk}", []).extend([caption] * weight)
     return found
 
 

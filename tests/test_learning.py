@@ -18,7 +18,7 @@ from clip_search.evaluation import Judged, measure
 from clip_search.models import EncoderModel, SearchRecord
 from clip_search.registry import registry
 from clip_search.search import search
-from clip_search.training import clicked_catalog
+from clip_search.training import _positives, clicked_catalog
 from shop_demo.catalog.generator import generate_catalog
 from shop_demo.catalog.models import Product
 from tests.catalog import embedded_catalog
@@ -128,13 +128,29 @@ def test_clicks_become_captions_weighted_by_their_position(catalog, db):
     by_label = {example.label: example for example in data.train}
     earlier = [(query, clicked) for query, clicked in logged[:8] if clicked]
     for query, clicked in earlier:
-        texts = by_label[f"catalog.product:{clicked}"].texts
+        texts = [getattr(text, "text", text) for text in by_label[f"catalog.product:{clicked}"].texts]
         position = SearchRecord.objects.get(query=query).results.index(clicked) + 1
         assert texts.count(query) == min(5, max(1, round(position ** 0.7)))
     held = [(query, clicked) for query, clicked in logged[8:] if clicked]
     assert [query for query, _ in data.queries] == [query for query, _ in held]  # judged, not trained on
     for query, _clicked in held:
-        assert all(query not in example.texts for example in data.train)
+        assert all(query not in [getattr(t, "text", t) for t in example.texts] for example in data.train)
+
+
+def test_products_clicked_for_the_same_query_are_positives_of_it(catalog, db):
+    """Two products a shopper found good for one query are not pushed apart by the loss."""
+    logged = shop_clicks(catalog)
+    records = [(SearchRecord.objects.get(query=query), clicked) for query, clicked in logged[:8] if clicked]
+    record, clicked = next((record, clicked) for record, clicked in records if len(record.results) > 1)
+    query, other = record.query, next(pk for pk in record.results if pk != clicked)
+    searchlog.add_event(record.pk, "click", other)
+    data = clicked_catalog(held_out=0.2)
+    by_label = {example.label: example for example in data.train}
+    both = [by_label[f"catalog.product:{pk}"] for pk in (clicked, other)]
+    unrelated = next(e for e in data.train if e.label not in {b.label for b in both})
+    caption = next(t for t in both[0].texts if getattr(t, "text", None) == query)
+    positives = _positives([e.tags | {e.label} for e in [*both, unrelated]], [caption.tags])
+    assert positives[:, 0].tolist() == [1.0, 1.0, 0.0]
     assert {label for _, label in data.queries} <= {example.label for example in data.gallery}
 
 
