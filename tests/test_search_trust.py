@@ -4,8 +4,6 @@ brands inside queries, facets, highlighting and suggestions."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 from django.core.cache import cache
 from django.urls import reverse
@@ -235,22 +233,6 @@ def test_facet_counts_equal_a_count_over_the_same_filtered_hit_set(shown, storef
             expected = Product.objects.filter(pk__in=hits).filter(narrowing(declared, selection)).count()
             assert value["count"] == expected, (facet["name"], value)
             assert api_search(q="red", limit=1, **{facet["name"]: value["value"]})["count"] == expected
-
-
-def test_the_declared_facets_are_counted_in_one_statement(shown, storefront):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from clip_search.api.facets import storefront_facets
-    from clip_search.facets import count
-
-    declared = storefront_facets(registry.get(Product))
-    keys = [str(pk) for pk in search(storefront, text="red").values_list("pk", flat=True)]
-    brand = Product.objects.filter(pk__in=keys).values_list("brand__name", flat=True).first()
-    with CaptureQueriesContext(connection) as captured:
-        counted = count(Product, keys, declared, {"brand": [brand], "price": [(None, Decimal(50))]})
-    assert len(captured) == 1 and [f["name"] for f in counted] == [f.name for f in declared]
-    assert len(declared) == 4 and all(f["values"] for f in counted)
 
 
 def test_a_selected_facet_keeps_its_alternatives_and_narrows_the_others(shown):
