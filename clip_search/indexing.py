@@ -473,7 +473,7 @@ def _save_images(images: list[ImageEmbedding], fresh: set[int]) -> None:
         {"id": image.pk, "position": image.position, "name": image.name, "size": image.size,
          "sha256": image.sha256, "verdict": image.verdict, "moderation_scores": image.moderation_scores,
          "error": image.error, "product_status": image.product_status, "fresh": image.pk in fresh,
-         "vector": None if image.vector is None else _vector_text(image.vector)}
+         "vector": _vector_text(image.vector) if image.pk in fresh and image.vector is not None else None}
         for image in stored])
 
 
