@@ -17,7 +17,7 @@ named ``test_clip_search_scale_<pid>`` so it never collides with a test run's ``
    keeps the random-weight spread) plus Gaussian noise (norm 0.3–0.5 per cluster), L2-normalised.
    The vectors are COPY'd (binary) into a staging table and inserted with the stored full-text
    document, keywords, keyword tokens, words and suggestions computed in SQL exactly as
-   ``indexing.document_fields`` (and ``lexicon.row_fields``) builds them (checked on a sample).
+   ``indexing.document_fields`` builds them (checked on a sample).
    EncoderModel: ViT-B-32 with random weights (``CLIP_SEARCH_MODEL=ViT-B-32``,
    ``CLIP_SEARCH_PRETRAINED=random``), active. Then ``sql.ensure_vector_index`` is timed (index and
    table sizes are printed), and, as ``clip_reindex`` does when it finishes, ``lexicon.refresh``
@@ -380,7 +380,7 @@ def load_catalog(n: int, seed: int, encoder, text_encoder, raw_centres: bool = F
 # The stored document and keywords, as indexing.document_fields builds them for the demo's
 # registration: text=["title", "description", "category__name"] (weights A, B, C),
 # keywords=["sku", "brand__name"]; source_digest over (texts, keyword text): no image file.
-# The lexicon's columns as lexicon.row_fields builds them: ``words`` = the text and keyword
+# The lexicon's columns as indexing.document_fields builds them: ``words`` = the text and keyword
 # values joined by spaces (indexing.document_text), ``simple`` configuration, positions
 # stripped; ``suggestions`` = suggest={"title", "brand", "category"}, one value each.
 EMBEDDING_INSERT = """

@@ -473,13 +473,11 @@ def _save_images(images: list[ImageEmbedding], fresh: set[int]) -> None:
         {"id": image.pk, "position": image.position, "name": image.name, "size": image.size,
          "sha256": image.sha256, "verdict": image.verdict, "moderation_scores": image.moderation_scores,
          "error": image.error, "product_status": image.product_status, "fresh": image.pk in fresh,
-         "vector": _vector_text(image.vector) if image.pk in fresh and image.vector is not None else None}
+         "vector": VECTOR_FIELD.get_prep_value(image.vector) if image.pk in fresh else None}
         for image in stored])
 
 
-def _vector_text(vector: Any) -> str:
-    """pgvector's text form; ``repr`` of each float32 as a double reads back as the same float32."""
-    return "[" + ",".join(repr(float(x)) for x in _as_list(vector)) + "]"
+VECTOR_FIELD = ImageEmbedding._meta.get_field("vector")  # its text form: what the ORM would write
 
 
 def _row_values(written: _Written, now) -> dict[str, Any]:

@@ -56,8 +56,8 @@ def update_products(rows: list[dict[str, Any]], *, config: str, now: datetime,
 
 def update_images(rows: list[dict[str, Any]], using: str = "default") -> None:
     """Each row: ``id``, ``position``, ``name``, ``size``, ``sha256``, ``verdict``,
-    ``moderation_scores``, ``error``, ``product_status``, and ``vector`` (a list, or None for no
-    vector) when ``fresh``; a row not fresh keeps its stored vector untouched."""
+    ``moderation_scores``, ``error``, ``product_status``, and ``vector`` (pgvector's text form,
+    or None for no vector) when ``fresh``; a row not fresh keeps its stored vector untouched."""
     if not rows:
         return
     table = ImageEmbedding._meta.db_table
